@@ -1,0 +1,42 @@
+# The two commands: `make demo` and `make test`. Both set up what they need on a fresh machine.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := ffmpeg sox git
+# This machine's pip config lists local indexes that may be absent; their warnings are noise.
+PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location 'file://" || true; }
+
+.PHONY: all test test-fast lint demo bench apt venv clean
+all: test
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q --no-install-recommends $$missing >/dev/null; fi
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	@[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt $(PIP_QUIET)
+	$(PY) -m pip install -q --no-deps -e . $(PIP_QUIET)
+	@touch $@
+
+venv: $(STAMP)
+
+lint: venv
+	$(PY) -m ruff check .
+
+# CI runs everything; `make test-fast` skips the tests that start services or whole DAGs.
+test: apt venv lint
+	$(PY) -m pytest -q
+
+test-fast: apt venv
+	$(PY) -m pytest -q -m "not slow"
+
+demo: apt venv
+	$(PY) scripts/demo.py
+
+clean:
+	rm -rf .demo .cache data .dvc-remote

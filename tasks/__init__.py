@@ -1,0 +1,1 @@
+"""Music mood pipeline: one module per stage, shared config/storage/audio helpers."""

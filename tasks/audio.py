@@ -1,0 +1,92 @@
+"""Audio I/O shared by every stage: lossless FLAC blobs in, numpy arrays out."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+# Formats libsndfile reads itself; anything else (mp3, m4a, webm) goes through ffmpeg.
+SNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
+
+
+class AudioError(Exception):
+    """Audio that cannot be decoded or is unusable; `reason` is the failure class."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class FlacBlob:
+    data: bytes
+    sample_rate: int
+    channels: int
+    frames: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+def encode_flac(samples: np.ndarray, sample_rate: int) -> FlacBlob:
+    """PCM (int16, or float in [-1, 1]) -> 16-bit FLAC bytes; frames x channels or mono."""
+    if samples.size == 0:
+        raise AudioError("empty", "no samples to encode")
+    buf = io.BytesIO()
+    sf.write(buf, samples, sample_rate, format="FLAC", subtype="PCM_16")
+    channels = 1 if samples.ndim == 1 else samples.shape[1]
+    return FlacBlob(buf.getvalue(), sample_rate, channels, samples.shape[0])
+
+
+def _ffmpeg_to_flac(path: Path) -> bytes:
+    cmd = [
+        "ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0",
+        "-c:a", "flac", "-sample_fmt", "s16", "-fflags", "+bitexact", "-f", "flac", "pipe:1",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, check=False)
+    err = proc.stderr.decode(errors="replace").strip()
+    if proc.returncode != 0 or not proc.stdout:
+        raise AudioError("decode", f"ffmpeg could not decode {path.name}: {err[-300:] or 'no audio'}")
+    # ffmpeg exits 0 on a truncated mp3 but reports the damage; a partial song is not the song.
+    if "invalid" in err.lower() or "truncat" in err.lower() or "error" in err.lower():
+        raise AudioError("decode", f"{path.name} is damaged: {err[-300:]}")
+    return proc.stdout
+
+
+def file_to_flac(path: Path) -> FlacBlob:
+    """Decode any audio file losslessly to a FLAC blob at its original rate and channels."""
+    if path.stat().st_size == 0:
+        raise AudioError("empty", f"{path.name} is an empty file")
+    if path.suffix.lower() in SNDFILE_SUFFIXES:
+        try:
+            samples, rate = sf.read(path, dtype="int16", always_2d=False)
+        except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+            raise AudioError("decode", f"cannot decode {path.name}: {exc}") from exc
+        if samples.size == 0:
+            raise AudioError("empty", f"{path.name} holds no samples")
+        return encode_flac(samples, rate)
+    data = _ffmpeg_to_flac(path)
+    info = sf.info(io.BytesIO(data))
+    if info.frames == 0:
+        raise AudioError("empty", f"{path.name} holds no samples")
+    return FlacBlob(data, info.samplerate, info.channels, info.frames)
+
+
+def decode_flac(data: bytes, dtype: str = "float32") -> tuple[np.ndarray, int]:
+    """FLAC blob -> (samples frames x channels, sample rate)."""
+    try:
+        samples, rate = sf.read(io.BytesIO(data), dtype=dtype, always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+        raise AudioError("decode", f"corrupt FLAC blob: {exc}") from exc
+    return samples, rate

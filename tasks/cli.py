@@ -1,0 +1,88 @@
+"""`python -m tasks <stage> [--params FILE] [-S dotted.key=value ...]`: the one entry to every stage.
+
+dvc.yaml runs this; Airflow tasks call `run_stage`, the same code path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tasks.config import DEFAULT_PARAMS, ConfigError, load_params, section_config
+from tasks.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class Stage:
+    section: str
+    target: str  # "module:function", imported only when the stage runs
+    help: str
+
+    def function(self) -> Callable[..., dict[str, Any]]:
+        module, _, name = self.target.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+STAGES: dict[str, Stage] = {
+    "acquire_ravdess": Stage("acquire_ravdess", "tasks.ravdess:acquire_ravdess",
+                             "download the RAVDESS zip and store the song clips"),
+    "acquire_cal500": Stage("acquire_cal500", "tasks.cal500:acquire_cal500",
+                            "download CAL500, map its emotion tags, store the kept songs"),
+}  # fmt: skip
+
+
+def run_stage(name: str, root: Path, params_file: Path | None = None, overrides: list[str] | None = None) -> dict:
+    """Validate the stage's params section and run it with `root` as the workspace."""
+    if name not in STAGES:
+        raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    stage = STAGES[name]
+    params = load_params(params_file or root / DEFAULT_PARAMS, overrides)
+    cfg = section_config(params, stage.section)
+    return stage.function()(cfg, root)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tasks",
+        description="Music mood pipeline stages. Each reads its own section of params.yaml.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="stages:\n" + "\n".join(f"  {n:<18} {s.help}" for n, s in STAGES.items())
+        + "\n\nother commands:\n  mirror             build or serve the offline mirror (see: mirror --help)",
+    )
+    parser.add_argument("stage", help="stage to run, or 'mirror'")
+    parser.add_argument("--params", type=Path, default=None, help="params file (default: <root>/params.yaml)")
+    parser.add_argument("--root", type=Path, default=Path.cwd(), help="workspace root (default: cwd)")
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a parameter, as `dvc exp run -S` (repeatable)")  # fmt: skip
+    return parser
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    configure_logging()
+    if argv and argv[0] == "mirror":
+        from tasks.mirror.cli import main as mirror_main
+
+        return mirror_main(argv[1:])
+    args = _parser().parse_args(argv)
+    try:
+        result = run_stage(args.stage, args.root.resolve(), args.params, args.overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except PipelineError as exc:
+        print(f"error: {args.stage}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0

@@ -1,0 +1,1 @@
+"""Synthetic look-alikes of the real corpora, packaged in their official archive layouts."""

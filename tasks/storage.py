@@ -1,0 +1,255 @@
+"""The raw clip store: Parquet shards of FLAC blobs + metadata, a manifest and a failures table.
+
+Layout of one dataset directory:
+    shards/part-00000.parquet    clips (audio FLAC bytes and their metadata)
+    failures/part-00000.parquet  clips of that shard that could not be stored, and why
+    failures/<step>.parquet      failures found before sharding (an unparseable name, ...)
+    manifest.parquet             one row per stored clip (shards without the audio column)
+    failures.parquet             all failure parts in one table
+
+A shard is committed by renaming its file into place, after its failures part. A shard whose
+file exists and whose ids (stored + failed) equal the planned ids is done and is skipped on a
+rerun, so a killed task loses at most the shard it was writing, and never leaves half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.audio import AudioError, FlacBlob
+from tasks.errors import PipelineError
+from tasks.progress import Tally, track
+
+log = logging.getLogger("tasks")
+
+CLIP_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("dataset", pa.string()),
+        ("labels", pa.list_(pa.string())),
+        ("duration_s", pa.float64()),
+        ("sample_rate", pa.int32()),
+        ("channels", pa.int16()),
+        ("frames", pa.int64()),
+        ("sha256", pa.string()),
+        ("source", pa.string()),
+    ]
+)
+AUDIO_FIELD = pa.field("audio", pa.binary())
+FAILURE_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        ("message", pa.string()),
+        ("attempts", pa.int32()),
+    ]
+)
+
+
+class StageFailed(PipelineError):
+    """The stage cannot be called a success (too many failures, unusable source)."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    id: str
+    flac: FlacBlob
+    labels: list[str]
+    source: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Failure:
+    id: str
+    source: str
+    stage: str
+    reason: str
+    message: str
+    attempts: int = 1
+
+
+def atomic_write_table(table: pa.Table, path: Path, row_group_size: int | None = None) -> None:
+    """Write next to the target and rename, so readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")
+    os.replace(tmp, path)
+
+
+def failures_table(failures: Sequence[Failure]) -> pa.Table:
+    return pa.Table.from_pylist([f.__dict__ for f in failures], schema=FAILURE_SCHEMA)
+
+
+class RawStore:
+    """One dataset directory of the raw clip store."""
+
+    def __init__(self, root: Path | str, dataset: str, meta_schema: pa.Schema) -> None:
+        self.root = Path(root)
+        self.dataset = dataset
+        self.schema = pa.schema([*CLIP_SCHEMA, *meta_schema, AUDIO_FIELD])
+
+    @property
+    def shards_dir(self) -> Path:
+        return self.root / "shards"
+
+    @property
+    def failures_dir(self) -> Path:
+        return self.root / "failures"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.parquet"
+
+    @property
+    def failures_path(self) -> Path:
+        return self.root / "failures.parquet"
+
+    def shard_path(self, index: int) -> Path:
+        return self.shards_dir / f"part-{index:05d}.parquet"
+
+    def shard_failures_path(self, index: int) -> Path:
+        return self.failures_dir / f"part-{index:05d}.parquet"
+
+    def remove_partial_files(self) -> int:
+        """Temp files are what a killed writer leaves behind; they are never valid output."""
+        removed = 0
+        for path in self.root.rglob(".*.tmp-*"):
+            path.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def shard_done(self, index: int, ids: Sequence[str]) -> bool:
+        shard, failed = self.shard_path(index), self.shard_failures_path(index)
+        if not (shard.exists() and failed.exists()):
+            return False
+        try:
+            stored = pq.read_table(shard, columns=["id"]).column("id").to_pylist()
+            missing = pq.read_table(failed, columns=["id"]).column("id").to_pylist()
+        except (pa.ArrowInvalid, OSError) as exc:
+            log.warning("shard %s is unreadable (%s); rewriting it", shard.name, exc)
+            return False
+        return sorted(stored + missing) == sorted(ids)
+
+    def write_shard(self, index: int, clips: Sequence[Clip], failures: Sequence[Failure]) -> None:
+        atomic_write_table(failures_table(failures), self.shard_failures_path(index))
+        rows = [self._row(c) for c in clips]
+        atomic_write_table(pa.Table.from_pylist(rows, schema=self.schema), self.shard_path(index), 64)
+
+    def write_failures(self, name: str, failures: Sequence[Failure]) -> None:
+        atomic_write_table(failures_table(failures), self.failures_dir / f"{name}.parquet")
+
+    def _row(self, clip: Clip) -> dict[str, Any]:
+        return {
+            "id": clip.id,
+            "dataset": self.dataset,
+            "labels": clip.labels,
+            "duration_s": clip.flac.duration_s,
+            "sample_rate": clip.flac.sample_rate,
+            "channels": clip.flac.channels,
+            "frames": clip.flac.frames,
+            "sha256": clip.flac.sha256,
+            "source": clip.source,
+            **clip.meta,
+            "audio": clip.flac.data,
+        }
+
+    def finalize(self, n_shards: int) -> tuple[pa.Table, pa.Table]:
+        """Drop shards outside the plan, then write the manifest and failures tables."""
+        for path in list(self.shards_dir.glob("part-*.parquet")) + list(self.failures_dir.glob("part-*")):
+            if int(path.stem.split("-")[1]) >= n_shards:
+                path.unlink()
+        columns = [n for n in self.schema.names if n != "audio"]
+        parts = []
+        for index in range(n_shards):
+            part = pq.read_table(self.shard_path(index), columns=columns)
+            parts.append(part.append_column("shard", pa.array([self.shard_path(index).name] * len(part))))
+        manifest_schema = pa.schema([*self.schema.remove(self.schema.get_field_index("audio")),
+                                     ("shard", pa.string())])  # fmt: skip
+        manifest = pa.concat_tables(parts) if parts else manifest_schema.empty_table()
+        failures = [pq.read_table(p) for p in sorted(self.failures_dir.glob("*.parquet"))]
+        failed = pa.concat_tables(failures) if failures else FAILURE_SCHEMA.empty_table()
+        atomic_write_table(manifest, self.manifest_path)
+        atomic_write_table(failed, self.failures_path)
+        return manifest, failed
+
+
+def plan_shards(ids: Iterable[str], shard_rows: int) -> list[list[str]]:
+    """Sorted ids cut into fixed-size shards: the same inputs always give the same shards."""
+    ordered = sorted(set(ids))
+    return [ordered[i : i + shard_rows] for i in range(0, len(ordered), shard_rows)]
+
+
+def fill_store(
+    store: RawStore,
+    sources: dict[str, str],
+    load: Callable[[str, str], Clip],
+    shard_rows: int,
+    stage: str,
+    tally: Tally,
+) -> tuple[pa.Table, pa.Table]:
+    """Store every clip id -> source with `load`, shard by shard, skipping shards already done.
+
+    `load` raises AudioError for a clip that cannot be stored; it is recorded and the run goes on.
+    """
+    store.remove_partial_files()
+    plan = plan_shards(sources, shard_rows)
+    for index, ids in enumerate(track(plan, len(plan), f"{store.dataset} shards")):
+        if store.shard_done(index, ids):
+            tally.add("skipped", len(ids))
+            continue
+        clips, failures = [], []
+        for clip_id in ids:
+            try:
+                clips.append(load(clip_id, sources[clip_id]))
+                tally.add("done")
+            except AudioError as exc:
+                failures.append(Failure(clip_id, sources[clip_id], stage, exc.reason, str(exc)))
+                tally.add("failed", reason=exc.reason)
+        store.write_shard(index, clips, failures)
+    return store.finalize(len(plan))
+
+
+def check_failure_share(n_failed: int, n_total: int, max_share: float, what: str) -> None:
+    if n_total and n_failed / n_total > max_share:
+        raise StageFailed(
+            f"{what}: {n_failed} of {n_total} items failed ({n_failed / n_total:.1%}), more than the "
+            f"allowed {max_share:.1%}; see the failures table. Everything stored so far is kept."
+        )
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(data: dict[str, Any], path: Path) -> None:
+    atomic_write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", path)
+
+
+def store_metrics(manifest: pa.Table, failures: pa.Table, n_filtered: int = 0) -> dict[str, Any]:
+    """Counts every acquisition stage reports: per label, per failure reason, total duration."""
+    labels = Counter(label for row in manifest.column("labels").to_pylist() for label in row)
+    reasons = Counter(failures.column("reason").to_pylist())
+    return {
+        "clips": manifest.num_rows,
+        "failed": failures.num_rows,
+        "filtered": n_filtered,
+        "hours": round(sum(manifest.column("duration_s").to_pylist()) / 3600, 4),
+        "per_label": dict(sorted(labels.items())),
+        "failed_by_reason": dict(sorted(reasons.items())),
+    }

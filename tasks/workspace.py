@@ -1,0 +1,194 @@
+"""Throwaway workspaces and Airflow homes, for the offline demo and the tests.
+
+A workspace is a copy of the project (its git-tracked files) in its own git repo, with
+params.yaml rewritten by `-S`-style overrides (say, source URLs pointing at a mirror), so an
+Airflow run, `dvc repro` and `dvc status` there never touch the user's own checkout.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+from tasks.config import apply_overrides, load_params
+
+PROJECT = Path(__file__).resolve().parents[1]
+GIT_ID = ["-c", "user.email=pipeline@localhost", "-c", "user.name=mood-pipeline"]
+
+
+def project_files(src: Path) -> list[str]:
+    """Files git would carry: tracked plus untracked-but-not-ignored."""
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=src,
+                         capture_output=True, check=True).stdout  # fmt: skip
+    return sorted({f for f in out.decode().split("\0") if f and (src / f).is_file()})
+
+
+def make_workspace(dest: Path, overrides: list[str] | None = None, src: Path = PROJECT) -> Path:
+    """Copy the project into `dest`, apply overrides to its params.yaml, and commit it."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    for rel in project_files(src):
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / rel, target)
+    if overrides:
+        params = apply_overrides(load_params(dest / "params.yaml"), overrides)
+        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(dest, "init", "-q", "-b", "main")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-q", "-m", "workspace")
+    return dest
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *GIT_ID, *args], cwd=root, capture_output=True, text=True, check=True).stdout
+
+
+def airflow_env(home: Path, workspace: Path, admin_password: str = "admin") -> dict[str, str]:
+    """Environment for a self-contained Airflow: SQLite DB, LocalExecutor, loopback only."""
+    home.mkdir(parents=True, exist_ok=True)
+    passwords = home / "simple_auth_manager_passwords.json"
+    passwords.write_text(f'{{"admin": "{admin_password}"}}\n')
+    venv_bin = str(Path(sys.executable).parent)
+    return {
+        **os.environ,
+        "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(workspace / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "MOOD_PIPELINE_ROOT": str(workspace),
+        "PYTHONPATH": str(workspace),
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+
+
+def airflow(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(Path(sys.executable).parent / "airflow"), *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, check=False)  # fmt: skip
+
+
+def prepare_airflow(env: dict[str, str]) -> None:
+    """Migrate the metadata DB and create the pools the DAGs use."""
+    for args in (("db", "migrate"), ("pools", "set", "dvc", "1", "DVC holds a repo-wide lock")):
+        proc = airflow(env, *args)
+        if proc.returncode != 0:
+            raise RuntimeError(f"airflow {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class AirflowServices:
+    """The real Airflow: api-server, scheduler and dag-processor on loopback, logs in AIRFLOW_HOME."""
+
+    COMPONENTS = ("api-server", "scheduler", "dag-processor")
+
+    def __init__(self, env: dict[str, str], port: int, password: str = "admin") -> None:
+        self.env, self.port, self.password = env, port, password
+        self.home = Path(env["AIRFLOW_HOME"])
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._token: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> AirflowServices:
+        airflow_bin = str(Path(sys.executable).parent / "airflow")
+        for name in self.COMPONENTS:
+            args = [airflow_bin, name] + (["-H", "127.0.0.1", "-p", str(self.port), "-w", "1"]
+                                          if name == "api-server" else [])  # fmt: skip
+            log = (self.home / f"{name}.log").open("ab")
+            self.procs.append(subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                               start_new_session=True))  # fmt: skip
+        return self
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        self.procs.clear()
+
+    def __enter__(self) -> AirflowServices:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _check_alive(self) -> None:
+        for name, proc in zip(self.COMPONENTS, self.procs, strict=True):
+            if proc.poll() is not None:
+                tail = (self.home / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"airflow {name} exited with {proc.returncode}:\n{tail}")
+
+    def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = {"Authorization": f"Bearer {self.token()}"}
+        return requests.request(method, f"{self.url}{path}", headers=headers, timeout=30, **kwargs)
+
+    def token(self) -> str:
+        if self._token is None:
+            resp = requests.post(f"{self.url}/auth/token", json={"username": "admin", "password": self.password},
+                                 timeout=30)  # fmt: skip
+            resp.raise_for_status()
+            self._token = resp.json()["access_token"]
+        return self._token
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 180) -> None:
+        """Wait until the API answers and the dag-processor has parsed `dag_id`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                if self.api("GET", f"/api/v2/dags/{dag_id}").status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(2)
+        raise TimeoutError(f"DAG {dag_id} did not appear in {timeout:.0f} s; see {self.home}/*.log")
+
+    def trigger(self, dag_id: str) -> str:
+        resp = self.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None})
+        resp.raise_for_status()
+        return resp.json()["dag_run_id"]
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 900) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            state = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}").json()["state"]
+            if state in ("success", "failed"):
+                return state
+            time.sleep(3)
+        raise TimeoutError(f"run {run_id} of {dag_id} did not finish in {timeout:.0f} s")
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        items = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
+        return {ti["task_id"]: ti["state"] for ti in items}

@@ -1,0 +1,63 @@
+"""Shared fixtures: a small generated corpus served by a real loopback mirror."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from tasks.config import load_params
+from tasks.mirror.cli import CAL500_ARCHIVE, RAVDESS_ZIP, CorpusSpec, build_corpus, mirror_overrides
+from tasks.mirror.server import MirrorServer
+
+PROJECT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT.parent / "shared" / "data"
+# Short clips keep the suite fast; the code paths are those of full-length audio.
+SMALL = CorpusSpec(seed=7, ravdess_actors=(1,), ravdess_seconds=(1.0, 1.6), cal500_songs=6, cal500_seconds=(3.0, 5.0))
+
+
+@pytest.fixture(autouse=True)
+def _info_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="tasks")
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("mirror")
+    return root, build_corpus(root, SMALL)
+
+
+@pytest.fixture(scope="session")
+def mirror(corpus: tuple[Path, dict[str, str]]):
+    root, _ = corpus
+    with MirrorServer(root) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mirror_params(mirror: MirrorServer, corpus: tuple[Path, dict[str, str]]) -> list[str]:
+    return mirror_overrides(mirror.url, corpus[1])
+
+
+@pytest.fixture
+def params() -> dict:
+    return load_params(PROJECT / "params.yaml")
+
+
+@pytest.fixture
+def ravdess_zip(corpus: tuple[Path, dict[str, str]]) -> Path:
+    return corpus[0] / RAVDESS_ZIP
+
+
+@pytest.fixture
+def cal500_archive(corpus: tuple[Path, dict[str, str]]) -> Path:
+    return corpus[0] / CAL500_ARCHIVE
+
+
+def shared(*parts: str) -> Path:
+    """A path under ../shared/data, or a skip with the reason when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} is absent")
+    return path
