@@ -73,7 +73,7 @@ def _open(archive: Path) -> zipfile.ZipFile | tarfile.TarFile:
             return zipfile.ZipFile(archive)
         if magic == b"PK\x03\x04":
             raise ArchiveError(f"{archive.name}: zip archive is truncated or corrupt (no central directory)")
-        return tarfile.open(archive)  # noqa: SIM115 - closed by the caller
+        return tarfile.open(archive)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
         detail = str(exc).splitlines()[0]
         raise ArchiveError(f"{archive.name}: not a zip or tar archive, or truncated/corrupt ({detail})") from exc

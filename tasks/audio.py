@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,18 +51,21 @@ def encode_flac(samples: np.ndarray, sample_rate: int) -> FlacBlob:
 
 
 def _ffmpeg_to_flac(path: Path) -> bytes:
-    cmd = [
-        "ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0",
-        "-c:a", "flac", "-sample_fmt", "s16", "-fflags", "+bitexact", "-f", "flac", "pipe:1",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, check=False)
-    err = proc.stderr.decode(errors="replace").strip()
-    if proc.returncode != 0 or not proc.stdout:
-        raise AudioError("decode", f"ffmpeg could not decode {path.name}: {err[-300:] or 'no audio'}")
-    # ffmpeg exits 0 on a truncated mp3 but reports the damage; a partial song is not the song.
-    if "invalid" in err.lower() or "truncat" in err.lower() or "error" in err.lower():
-        raise AudioError("decode", f"{path.name} is damaged: {err[-300:]}")
-    return proc.stdout
+    # A real file, not a pipe: ffmpeg seeks back to write the frame count into STREAMINFO.
+    with tempfile.TemporaryDirectory(prefix="flac-") as tmp:
+        out = Path(tmp) / "audio.flac"
+        cmd = [
+            "ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0",
+            "-c:a", "flac", "-sample_fmt", "s16", "-fflags", "+bitexact", str(out),
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, check=False)
+        err = proc.stderr.decode(errors="replace").strip()
+        if proc.returncode != 0 or not out.exists() or out.stat().st_size == 0:
+            raise AudioError("decode", f"ffmpeg could not decode {path.name}: {err[-300:] or 'no audio'}")
+        # ffmpeg exits 0 on a truncated mp3 but reports the damage; a partial song is not the song.
+        if any(word in err.lower() for word in ("invalid", "truncat", "error")):
+            raise AudioError("decode", f"{path.name} is damaged: {err[-300:]}")
+        return out.read_bytes()
 
 
 def file_to_flac(path: Path) -> FlacBlob:

@@ -39,6 +39,8 @@ def build_corpus(out: Path, spec: CorpusSpec) -> dict[str, str]:
         if index.get("spec") == wanted and all((out / p).exists() for p in index["files"]):
             return index["files"]
     started = time.monotonic()
+    for rel in (RAVDESS_ZIP, CAL500_ARCHIVE):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
     build_ravdess_zip(out / RAVDESS_ZIP, spec.ravdess_actors, spec.seed, *spec.ravdess_seconds)
     build_cal500_archive(out / CAL500_ARCHIVE, spec.cal500_songs, spec.seed, *spec.cal500_seconds)
     files = {p: sha256_file(out / p) for p in (RAVDESS_ZIP, CAL500_ARCHIVE)}

@@ -259,7 +259,7 @@ def _melody(
     phrase = (starts // 8).astype(np.int64)
     walk = np.cumsum(steps)
     first = np.searchsorted(phrase, np.arange(phrase[-1] + 1))
-    phrase_start = rng.integers(-2, 3, size=phrase[-1] + 1) - int(round(4 * p.contour))
+    phrase_start = rng.integers(-2, 3, size=phrase[-1] + 1) - round(4 * p.contour)
     degs = walk - walk[first][phrase] + phrase_start[phrase]
     span_degs = p.span * len(SCALES[p.mode]) / 12.0
     degs = np.rint(_fold(degs.astype(np.float64), -span_degs, span_degs)).astype(np.int64)
@@ -330,7 +330,9 @@ def _oscillate(freq: np.ndarray, amps: np.ndarray, sr: int) -> np.ndarray:
     return out
 
 
-def _timbre(p: MoodProfile, rng: np.random.Generator, extra_bright: float, max_harmonics: int | None = None) -> np.ndarray:
+def _timbre(
+    p: MoodProfile, rng: np.random.Generator, extra_bright: float, max_harmonics: int | None = None
+) -> np.ndarray:
     """Random harmonic amplitudes around the mood's brightness (odd/even balance varies per instrument)."""
     count = int(rng.integers(p.harmonics[0], p.harmonics[1] + 1))
     if max_harmonics is not None:
@@ -341,9 +343,7 @@ def _timbre(p: MoodProfile, rng: np.random.Generator, extra_bright: float, max_h
     return (amps / amps.sum()).astype(np.float32)
 
 
-def _render(
-    notes: _Notes, amps: np.ndarray, p: MoodProfile, rng: np.random.Generator, sr: int, n: int
-) -> np.ndarray:
+def _render(notes: _Notes, amps: np.ndarray, p: MoodProfile, rng: np.random.Generator, sr: int, n: int) -> np.ndarray:
     lengths, since = _clock(notes.onsets, n)
     freq = np.repeat(_midi_hz(notes.midi), lengths)
     env = _envelope(notes, lengths, since, sr, _draw(rng, p.attack_s), _draw(rng, p.decay_s), rng.uniform(0.2, 0.6))
@@ -383,7 +383,9 @@ def _play(p: MoodProfile, n: int, sr: int, rng: np.random.Generator, intensity: 
     return out
 
 
-def _chord_midi(chord_degs: np.ndarray, tonic: float, scale: tuple[int, ...], rng: np.random.Generator, p: MoodProfile) -> np.ndarray:
+def _chord_midi(
+    chord_degs: np.ndarray, tonic: float, scale: tuple[int, ...], rng: np.random.Generator, p: MoodProfile
+) -> np.ndarray:
     """Chord tones in MIDI an octave below the melody; dissonant moods add tritones and clusters."""
     midi = tonic - 12 + _degree_semitones(chord_degs, scale).astype(np.float64)
     extra = midi[:, 0] + rng.choice(np.array([6.0, 1.0, 11.0, 13.0]), size=midi.shape[0])
@@ -462,10 +464,10 @@ def _drums(p: MoodProfile, rng: np.random.Generator, spb: float, sr: int, n: int
     out = v * np.exp(-t / np.float32(0.18)) * np.sin(TWO_PI * (50.0 * t + 100.0 * tau * (1.0 - np.exp(-t / tau))))
     noise = rng.standard_normal(n, dtype=np.float32)
     t, v = _hits(onsets, np.where(chance[1] < snare_p, level[1], 0.0), n)
-    out += 0.5 * v * np.exp(-t / (np.float32(0.07) * sr32)) * noise
+    out += 0.35 * v * np.exp(-t / (np.float32(0.045) * sr32)) * noise
     t, v = _hits(onsets, np.where(chance[2] < hat_p, level[2], 0.0), n)
     hiss = np.diff(noise, prepend=np.float32(0.0))  # first difference: a crude high-pass for the hat
-    out += 0.15 * v * np.exp(-t / (np.float32(0.025) * sr32)) * hiss
+    out += 0.1 * v * np.exp(-t / (np.float32(0.02) * sr32)) * hiss
     return out
 
 
@@ -561,12 +563,12 @@ def _sung_pitch(
 def _pulse_train(f0: np.ndarray, sr: int) -> np.ndarray:
     """Band-limited pulse with flat harmonics (closed-form Dirichlet sum): cost independent of their count."""
     harmonics = max(1, int(min(0.45 * sr, 7000.0) / float(f0.max())))
-    theta = np.mod(np.cumsum(f0 * (TWO_PI / sr)), TWO_PI)
-    half = np.sin(0.5 * theta)
-    small = np.abs(half) < 1e-6
-    ratio = np.sin((harmonics + 0.5) * theta) / np.where(small, 1.0, 2.0 * half)
-    pulse = np.where(small, harmonics, ratio - 0.5)
-    return (pulse / math.sqrt(harmonics)).astype(np.float32)
+    theta = np.mod(np.cumsum(f0 * (TWO_PI / sr)), TWO_PI).astype(np.float32)  # float32 after the wrap is plenty
+    half = np.sin(np.float32(0.5) * theta)
+    small = np.abs(half) < 1e-4
+    ratio = np.sin(np.float32(harmonics + 0.5) * theta) / np.where(small, np.float32(1.0), np.float32(2.0) * half)
+    pulse = np.where(small, np.float32(harmonics), ratio - np.float32(0.5))
+    return pulse * np.float32(1.0 / math.sqrt(harmonics))
 
 
 def _modulation(p: MoodProfile, rng: np.random.Generator, t: np.ndarray, intensity: float) -> np.ndarray:
@@ -595,11 +597,13 @@ def _formant_filter(
     frames = np.lib.stride_tricks.sliding_window_view(padded, frame)[::hop][:count] * window
     freqs = np.fft.rfftfreq(frame, 1.0 / sr)
     syllable = np.clip(np.searchsorted(onsets, np.arange(count) * hop, side="right") - 1, 0, vowels.size - 1)
-    formants = VOWELS[vowels[syllable]] * formant_scale  # frames x 3
+    formants = VOWELS * formant_scale  # one response per vowel, picked per frame
     offset = (freqs[None, :, None] - formants[:, None, :]) / (0.5 * FORMANT_BW * formant_scale)
     shape = (FORMANT_GAIN / (1.0 + offset**2)).sum(axis=2) + 0.01
     shape *= (1.0 + freqs / 300.0) ** -tilt
-    shaped = np.fft.irfft(np.fft.rfft(frames, axis=1) * shape, n=frame, axis=1).astype(np.float32)
+    spectra = np.fft.rfft(frames, axis=1)
+    spectra *= shape[vowels[syllable]].astype(np.complex64)
+    shaped = np.fft.irfft(spectra, n=frame, axis=1).astype(np.float32)
     # With hop = frame/2 the even frames tile the signal, and so do the odd ones: two adds do the overlap-add.
     out = np.zeros_like(padded)
     even, odd = shaped[0::2], shaped[1::2]
