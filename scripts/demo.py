@@ -24,14 +24,13 @@ from tasks.mirror.server import MirrorServer
 from tasks.versioning import dvc
 from tasks.workspace import PROJECT, AirflowServices, airflow_env, free_port, make_workspace, prepare_airflow
 
-DEMO = PROJECT / ".demo"
 DAGS = ["acquire"]
 METRICS = {"RAVDESS": "metrics/acquire_ravdess.json", "CAL500": "metrics/acquire_cal500.json"}
 
 
 def start_mlflow(store: Path, mlflow_port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "MLFLOW_STORE": str(store), "PYTHON": sys.executable}
-    log = (DEMO / "mlflow.log").open("ab")
+    log = (store.parent / "mlflow.log").open("ab")
     return subprocess.Popen([str(PROJECT / "mlflow/start.sh"), str(mlflow_port)], env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
 
@@ -59,22 +58,24 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ravdess-actors", type=int, default=2)
     parser.add_argument("--cal500-songs", type=int, default=12)
+    parser.add_argument("--dir", type=Path, default=PROJECT / ".demo", help="where the demo keeps its state")
     args = parser.parse_args()
     configure_logging()
-    DEMO.mkdir(exist_ok=True)
+    demo = args.dir.resolve()
+    demo.mkdir(parents=True, exist_ok=True)
     spec = CorpusSpec(seed=args.seed, ravdess_actors=tuple(range(1, args.ravdess_actors + 1)),
                       cal500_songs=args.cal500_songs)  # fmt: skip
-    print(f"building the generated corpus in {DEMO / 'mirror'} ...", flush=True)
-    files = build_corpus(DEMO / "mirror", spec)
-    mirror = MirrorServer(DEMO / "mirror", port=free_port(8765)).start()
-    workspace = make_workspace(DEMO / "workspace", mirror_overrides(mirror.url, files))
+    print(f"building the generated corpus in {demo / 'mirror'} ...", flush=True)
+    files = build_corpus(demo / "mirror", spec)
+    mirror = MirrorServer(demo / "mirror", port=free_port(8765)).start()
+    workspace = make_workspace(demo / "workspace", mirror_overrides(mirror.url, files))
     password = secrets.token_urlsafe(9)
-    shutil.rmtree(DEMO / "airflow", ignore_errors=True)
-    env = airflow_env(DEMO / "airflow", workspace, admin_password=password)
+    shutil.rmtree(demo / "airflow", ignore_errors=True)
+    env = airflow_env(demo / "airflow", workspace, admin_password=password)
     print("migrating the Airflow metadata DB ...", flush=True)
     prepare_airflow(env)
     mlflow_port = free_port(5000)
-    mlflow_proc = start_mlflow(DEMO / "mlflow", mlflow_port)
+    mlflow_proc = start_mlflow(demo / "mlflow", mlflow_port)
     services = AirflowServices(env, free_port(8080), password).start()
     code = 1
     try:
@@ -98,8 +99,8 @@ Workspace    {workspace}   (a git + DVC repo; its params.yaml points at the mirr
   {Path(sys.executable).parent}/dvc metrics show                  # the counts above
   {Path(sys.executable).parent}/dvc repro                         # nothing to do: already reproduced
 Raw clips    {workspace}/data/raw/<dataset>/{{manifest,failures}}.parquet and shards/
-Mirror       {mirror.url} serving {DEMO / 'mirror'}
-Logs         {DEMO / 'airflow'}/*.log, {DEMO / 'mlflow.log'}""")
+Mirror       {mirror.url} serving {demo / 'mirror'}
+Logs         {demo / 'airflow'}/*.log, {demo / 'mlflow.log'}""")
         if not args.no_wait and sys.stdin.isatty():
             print("\nservices are up; press Ctrl-C to stop them.")
             while True:

@@ -17,22 +17,44 @@ log = logging.getLogger("tasks")
 LOG_EVERY_S = 10.0
 
 
-def track(items: Iterable[T], total: int | None, desc: str) -> Iterator[T]:
-    """Yield items; tqdm on a tty, otherwise a log line every LOG_EVERY_S and at the end."""
-    if sys.stderr.isatty():
-        yield from tqdm(items, total=total, desc=desc, unit="item", dynamic_ncols=True)
-        return
-    start = last = time.monotonic()
-    done = 0
-    for item in items:
-        yield item
-        done += 1
+class Progress:
+    """Counts work done; tqdm on a tty, otherwise a log line every LOG_EVERY_S and at close."""
+
+    def __init__(self, total: int | None, desc: str, unit: str = "item") -> None:
+        self.total, self.desc, self.unit = total, desc, unit
+        self.done = 0
+        self.start = self.last = time.monotonic()
+        self.bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True) if sys.stderr.isatty() else None
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
         now = time.monotonic()
-        if now - last >= LOG_EVERY_S:
-            last = now
-            of = f"/{total}" if total else ""
-            log.info("%s: %d%s items, %.1f/s", desc, done, of, done / max(now - start, 1e-9))
-    log.info("%s: %d items in %.1f s", desc, done, time.monotonic() - start)
+        if now - self.last >= LOG_EVERY_S:
+            self.last = now
+            of = f"/{self.total}" if self.total else ""
+            log.info("%s: %d%s %ss, %.1f/s", self.desc, self.done, of, self.unit, self.done / (now - self.start))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        log.info("%s: %d %ss in %.1f s", self.desc, self.done, self.unit, time.monotonic() - self.start)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def track(items: Iterable[T], total: int | None, desc: str) -> Iterator[T]:
+    """Yield items while reporting progress on them."""
+    with Progress(total, desc) as progress:
+        for item in items:
+            yield item
+            progress.update()
 
 
 class Tally:

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from tasks.audio import AudioError, FlacBlob
 from tasks.errors import PipelineError
-from tasks.progress import Tally, track
+from tasks.progress import Progress, Tally
 
 log = logging.getLogger("tasks")
 
@@ -206,19 +206,22 @@ def fill_store(
     """
     store.remove_partial_files()
     plan = plan_shards(sources, shard_rows)
-    for index, ids in enumerate(track(plan, len(plan), f"{store.dataset} shards")):
-        if store.shard_done(index, ids):
-            tally.add("skipped", len(ids))
-            continue
-        clips, failures = [], []
-        for clip_id in ids:
-            try:
-                clips.append(load(clip_id, sources[clip_id]))
-                tally.add("done")
-            except AudioError as exc:
-                failures.append(Failure(clip_id, sources[clip_id], stage, exc.reason, str(exc)))
-                tally.add("failed", reason=exc.reason)
-        store.write_shard(index, clips, failures)
+    with Progress(len(sources), f"{store.dataset} clips", "clip") as progress:
+        for index, ids in enumerate(plan):
+            if store.shard_done(index, ids):
+                tally.add("skipped", len(ids))
+                progress.update(len(ids))
+                continue
+            clips, failures = [], []
+            for clip_id in ids:
+                try:
+                    clips.append(load(clip_id, sources[clip_id]))
+                    tally.add("done")
+                except AudioError as exc:
+                    failures.append(Failure(clip_id, sources[clip_id], stage, exc.reason, str(exc)))
+                    tally.add("failed", reason=exc.reason)
+                progress.update()
+            store.write_shard(index, clips, failures)
     return store.finalize(len(plan))
 
 

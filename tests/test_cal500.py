@@ -108,3 +108,15 @@ def test_read_annotations_parses_the_official_layout(cal500_archive: Path, tmp_p
     assert len(ann.songs) == 6 and ann.vocab == load_cal500_vocab()
     assert ann.hard.shape == ann.soft.shape == (6, 174)
     assert np.isin(ann.hard, (0, 1)).all() and ((ann.soft >= 0) & (ann.soft <= 1)).all()
+
+
+def test_full_length_songs_are_stored_whole(params: dict, tmp_path: Path) -> None:
+    """Real CAL500 songs run 3-5 minutes; they must go through decode and store intact."""
+    from tasks.mirror.package import build_cal500_archive
+
+    archive = build_cal500_archive(tmp_path / "long.tar.gz", n_songs=1, seed=3, min_seconds=200, max_seconds=200)
+    everything = "acquire_cal500.vocabularies.ravdess.any=[" + ",".join(load_cal500_vocab()) + "]"
+    metrics = acquire_cal500(cfg_for(params, archive, everything, "acquire_cal500.not_emotion_rule=ignore"), tmp_path)
+    assert metrics["clips"] == 1
+    manifest = pq.read_table(tmp_path / "data/raw/cal500/manifest.parquet").to_pylist()
+    assert abs(manifest[0]["duration_s"] - 200) < 0.2

@@ -1,0 +1,25 @@
+"""`make demo` stays true: the real Airflow (api-server, scheduler, dag-processor) runs the DAGs."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import PROJECT
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_runs_the_pipeline_in_a_real_airflow(tmp_path: Path) -> None:
+    args = [sys.executable, str(PROJECT / "scripts/demo.py"), "--no-wait", "--dir", str(tmp_path / "demo"),
+            "--ravdess-actors", "1", "--cal500-songs", "4"]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
+    out = proc.stdout
+    assert proc.returncode == 0, out[-4000:] + proc.stderr[-4000:]
+    assert "acquire: success" in out
+    assert re.search(r"RAVDESS: 44 clips .*neutral 4.*failures 0", out)
+    assert re.search(r"CAL500: \d+ clips", out)
+    assert "dvc status: Data and pipelines are up to date." in out
+    assert re.search(r"Airflow UI +http://127\.0\.0\.1:\d+ +user: admin +password: \S+", out)
