@@ -38,5 +38,10 @@ test-fast: apt venv
 demo: apt venv
 	$(PY) scripts/demo.py
 
+# Speed is measured here, never asserted in tests; figures land in benchmarks/results/*.json.
+bench: apt venv
+	$(PY) benchmarks/audioset_download.py
+	$(PY) benchmarks/features.py
+
 clean:
 	rm -rf .demo .cache data .dvc-remote

@@ -1,7 +1,13 @@
-"""Acquire RAVDESS and CAL500 into the raw clip store, version them with DVC, publish Assets.
+"""Acquire RAVDESS, CAL500 and AudioSet into the raw clip store, version them with DVC, publish Assets.
 
 Each source is one stage of dvc.yaml: the task runs the same function `dvc repro` runs, then
 `dvc commit` + `dvc push` record it, so `dvc status` stays clean after the run.
+
+AudioSet fans out: select -> plan shards -> one mapped download task per shard (pool
+`audioset_downloads` caps how many run at once across all workers; each keeps `concurrency`
+downloads in flight) -> finalize. The DVC stage `acquire_audioset` runs the same three steps in one
+process. A cookies file and a proxy come from the Airflow connection `audioset_youtube` (extras
+`cookies_file`, `proxy`) or else the environment; they are never logged.
 """
 
 from __future__ import annotations
@@ -9,24 +15,54 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.sdk import dag, task
-from common import DVC_POOL, LOCAL_ARGS, NETWORK_ARGS, ROOT, START, raw_asset
+from common import AUDIOSET_POOL, LOCAL_ARGS, NETWORK_ARGS, ROOT, START, raw_asset, run_stage, version
 
 SOURCES = {"ravdess": "acquire_ravdess", "cal500": "acquire_cal500"}
 
 
-@task(**NETWORK_ARGS)
-def run_stage(stage: str) -> dict[str, Any]:
-    from tasks.cli import configure_logging, run_stage
+@task(**LOCAL_ARGS)
+def plan_audioset() -> list[int]:
+    from tasks.audioset.download import plan_audioset
+    from tasks.cli import configure_logging, stage_config
 
     configure_logging()
-    return run_stage(stage, ROOT)
+    return plan_audioset(stage_config("acquire_audioset", ROOT), ROOT)
 
 
-@task(pool=DVC_POOL, **LOCAL_ARGS)
-def version(stage: str, metrics: dict[str, Any]) -> dict[str, Any]:
-    from tasks.versioning import commit_and_push
+@task(pool=AUDIOSET_POOL, **NETWORK_ARGS)
+def download_audioset_shard(shard: int) -> dict[str, int]:
+    from tasks.audioset.download import download_shard
+    from tasks.cli import configure_logging, stage_config
 
-    return {**metrics, "dvc": commit_and_push(ROOT, [stage])}
+    configure_logging()
+    cfg = stage_config("acquire_audioset", ROOT)
+    return download_shard(cfg, ROOT, shard, _credentials(cfg.credentials))
+
+
+def _credentials(names: Any) -> Any:
+    """The Airflow connection's extras when it exists, else the environment variables params name."""
+    from pathlib import Path
+
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from tasks.audioset.download import Credentials
+
+    try:
+        extra = Connection.get(names.airflow_conn_id).extra_dejson
+    except AirflowNotFoundException:
+        return Credentials.from_env(names)
+    cookies = extra.get("cookies_file")
+    return Credentials(Path(cookies) if cookies else None, extra.get("proxy") or None)
+
+
+@task(trigger_rule="none_failed", **LOCAL_ARGS)
+def finalize_audioset() -> dict[str, Any]:
+    from tasks.audioset.download import finalize_audioset
+    from tasks.cli import configure_logging, stage_config
+
+    configure_logging()
+    return finalize_audioset(stage_config("acquire_audioset", ROOT), ROOT)
 
 
 @dag(
@@ -35,13 +71,21 @@ def version(stage: str, metrics: dict[str, Any]) -> dict[str, Any]:
     start_date=START,
     catchup=False,
     max_active_runs=1,
-    tags=["acquire", "ravdess", "cal500", "dvc"],
+    tags=["acquire", "ravdess", "cal500", "audioset", "dvc"],
     doc_md=__doc__,
 )
 def acquire() -> None:
     for dataset, stage in SOURCES.items():
-        metrics = run_stage.override(task_id=stage)(stage)
+        metrics = run_stage.override(task_id=stage, **NETWORK_ARGS)(stage)
         version.override(task_id=f"version_{dataset}", outlets=[raw_asset(dataset)])(stage, metrics)
+    selected = run_stage.override(task_id="select_audioset", **NETWORK_ARGS)("select_audioset")
+    version.override(task_id="version_audioset_selection")("select_audioset", selected)
+    shards = plan_audioset()
+    selected >> shards
+    downloads = download_audioset_shard.expand(shard=shards)
+    finalized = finalize_audioset()
+    downloads >> finalized
+    version.override(task_id="version_audioset", outlets=[raw_asset("audioset")])("acquire_audioset", finalized)
 
 
 acquire()

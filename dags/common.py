@@ -8,13 +8,15 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from airflow.sdk import Asset
+from airflow.sdk import Asset, task
 
 # The workspace is the DVC repo the tasks read and write; DAGs live in its dags/ folder.
 ROOT = Path(os.environ.get("MOOD_PIPELINE_ROOT") or Path(__file__).resolve().parents[1])
 START = datetime(2026, 1, 1)
 DVC_POOL = "dvc"  # one slot: DVC holds a repo-wide lock, so its commands must not overlap
+AUDIOSET_POOL = "audioset_downloads"  # caps AudioSet shard tasks across all workers (tasks.workspace sizes it)
 
 # Tasks that touch the network: sources fail transiently, so back off and try again.
 NETWORK_ARGS = {
@@ -30,3 +32,25 @@ LOCAL_ARGS = {"retries": 2, "retry_delay": timedelta(seconds=10), "execution_tim
 def raw_asset(dataset: str) -> Asset:
     """The raw clip store of one dataset; later DAGs schedule on it."""
     return Asset(name=f"raw_{dataset}", uri=f"file://{ROOT}/data/raw/{dataset}", group="raw_clips")
+
+
+def features_asset(name: str) -> Asset:
+    """A feature dataset (`slices`, `vggish`); training DAGs schedule on it."""
+    return Asset(name=f"features_{name}", uri=f"file://{ROOT}/data/features/{name}", group="features")
+
+
+@task(**LOCAL_ARGS)
+def run_stage(stage: str) -> dict[str, Any]:
+    """Run one stage in the workspace: the function `dvc repro` runs (override retries per use)."""
+    from tasks.cli import configure_logging, run_stage
+
+    configure_logging()
+    return run_stage(stage, ROOT)
+
+
+@task(pool=DVC_POOL, **LOCAL_ARGS)
+def version(stage: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Record the stage's outputs in dvc.lock and push them, so `dvc status` stays clean."""
+    from tasks.versioning import commit_and_push
+
+    return {**metrics, "dvc": commit_and_push(ROOT, [stage])}

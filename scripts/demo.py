@@ -25,7 +25,10 @@ from tasks.versioning import dvc
 from tasks.workspace import PROJECT, AirflowServices, airflow_env, free_port, make_workspace, prepare_airflow
 
 DAGS = ["acquire"]
-METRICS = {"RAVDESS": "metrics/acquire_ravdess.json", "CAL500": "metrics/acquire_cal500.json"}
+METRICS = {"RAVDESS": "metrics/acquire_ravdess.json", "CAL500": "metrics/acquire_cal500.json",
+           "AudioSet": "metrics/acquire_audioset.json"}  # fmt: skip
+# Scheduled on the acquire DAG's Assets: the scheduler starts them when their raw stores are updated.
+FEATURE_DAGS = {"features_slices": "metrics/features_slices.json", "features_vggish": "metrics/features_vggish.json"}
 
 
 def start_mlflow(store: Path, mlflow_port: int) -> subprocess.Popen[bytes]:
@@ -49,7 +52,42 @@ def report(workspace: Path, states: dict[str, dict[str, str]]) -> None:
         failed = ", ".join(f"{k} {v}" for k, v in m["failed_by_reason"].items()) or "none"
         print(f"{name}: {m['clips']} clips ({m['hours']:.2f} h): {labels}; filtered {m['filtered']}; "
               f"failures {m['failed']} ({failed})")  # fmt: skip
+        for label, c in m.get("per_class", {}).items():  # AudioSet: availability per class
+            why = ", ".join(f"{k} {v}" for k, v in c["failed"].items()) or "none"
+            print(f"  {label:<8} selected {c['selected']}, downloaded {c['downloaded']} "
+                  f"({c['availability']:.0%}), failed: {why}")  # fmt: skip
+    for dag_id, rel in FEATURE_DAGS.items():
+        if (workspace / rel).exists():
+            print(feature_line(dag_id, json.loads((workspace / rel).read_text())))
     print("dvc status:", dvc(workspace, "status").strip())
+
+
+def feature_line(dag_id: str, m: dict) -> str:
+    shape = "x".join(map(str, m["shape"]))
+    what = f"slices {shape}" if dag_id == "features_slices" else f"{shape}-d embeddings"
+    parts = ", ".join(f"{d}/{s} {e['clips']} clips -> {e['rows']}" for d, splits in m["per_dataset"].items()
+                      for s, e in splits.items())  # fmt: skip
+    failed = ", ".join(f"{k} {v}" for k, v in m["failed_by_reason"].items()) or "none"
+    random = "; SEEDED RANDOM WEIGHTS (offline run)" if m.get("random_weights") else ""
+    return (f"{dag_id}: {m['clips']} clips -> {m['rows']} {what} ({parts}); failures {m['failed']} ({failed}); "
+            f"{m['mb']:.1f} MB{random}")  # fmt: skip
+
+
+def wait_for_features(services: AirflowServices, produced: set[str], states: dict[str, dict[str, str]]) -> None:
+    """Wait for each features DAG the acquire run's Assets triggered; skip, saying so, those they did not."""
+    for dag_id in FEATURE_DAGS:
+        services.wait_for_dag(dag_id)
+        missing = services.trigger_assets(dag_id) - produced
+        if missing:
+            print(f"{dag_id}: not waiting: this run produced no {', '.join(sorted(missing))} Asset to trigger it",
+                  flush=True)  # fmt: skip
+            continue
+        started = time.monotonic()
+        run_id = services.wait_for_triggered_run(dag_id)
+        print(f"{dag_id} triggered by Assets ({run_id}); watch it at {services.url}/dags/{dag_id}", flush=True)
+        state = services.wait_for_run(dag_id, run_id)
+        print(f"{dag_id}: {state} in {time.monotonic() - started:.0f} s", flush=True)
+        states[dag_id] = services.task_states(dag_id, run_id)
 
 
 def main() -> int:
@@ -88,6 +126,8 @@ def main() -> int:
             state = services.wait_for_run(dag_id, run_id)
             print(f"{dag_id}: {state} in {time.monotonic() - started:.0f} s", flush=True)
             states[dag_id] = services.task_states(dag_id, run_id)
+            if dag_id == "acquire":
+                wait_for_features(services, services.assets_produced(dag_id, run_id), states)
         report(workspace, states)
         code = 0 if all(s == "success" for t in states.values() for s in t.values()) else 1
         print(f"""
@@ -99,6 +139,7 @@ Workspace    {workspace}   (a git + DVC repo; its params.yaml points at the mirr
   {Path(sys.executable).parent}/dvc metrics show                  # the counts above
   {Path(sys.executable).parent}/dvc repro                         # nothing to do: already reproduced
 Raw clips    {workspace}/data/raw/<dataset>/{{manifest,failures}}.parquet and shards/
+Features     {workspace}/data/features/<slices|vggish>/dataset=*/split=*/*.parquet, _dataset.json, _failures.parquet
 Mirror       {mirror.url} serving {demo / 'mirror'}
 Logs         {demo / 'airflow'}/*.log, {demo / 'mlflow.log'}""")
         if not args.no_wait and sys.stdin.isatty():

@@ -35,17 +35,29 @@ STAGES: dict[str, Stage] = {
                              "download the RAVDESS zip and store the song clips"),
     "acquire_cal500": Stage("acquire_cal500", "tasks.cal500:acquire_cal500",
                             "download CAL500, map its emotion tags, store the kept songs"),
+    "select_audioset": Stage("select_audioset", "tasks.audioset.select:select_audioset",
+                             "choose AudioSet mood segments from the ontology and segment lists"),
+    "acquire_audioset": Stage("acquire_audioset", "tasks.audioset.download:acquire_audioset",
+                              "download the selected AudioSet segments with yt-dlp"),
+    "features_slices": Stage("features_slices", "tasks.features.slices:features_slices",
+                             "square log-mel spectrogram slices of the stored clips and songs"),
+    "features_vggish": Stage("features_vggish", "tasks.features.vggish:features_vggish",
+                             "VGGish embeddings (128-d per 0.96 s) of the stored clips"),
 }  # fmt: skip
+
+
+def stage_config(name: str, root: Path, params_file: Path | None = None, overrides: list[str] | None = None) -> Any:
+    """The validated params section of stage `name`, for tasks that run one step of a stage."""
+    if name not in STAGES:
+        raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    params = load_params(params_file or root / DEFAULT_PARAMS, overrides)
+    return section_config(params, STAGES[name].section)
 
 
 def run_stage(name: str, root: Path, params_file: Path | None = None, overrides: list[str] | None = None) -> dict:
     """Validate the stage's params section and run it with `root` as the workspace."""
-    if name not in STAGES:
-        raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
-    stage = STAGES[name]
-    params = load_params(params_file or root / DEFAULT_PARAMS, overrides)
-    cfg = section_config(params, stage.section)
-    return stage.function()(cfg, root)
+    cfg = stage_config(name, root, params_file, overrides)
+    return STAGES[name].function()(cfg, root)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -7,11 +7,12 @@ so changing a key reruns only the stages that read it.
 from __future__ import annotations
 
 import copy
+import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.errors import PipelineError
 
@@ -100,9 +101,200 @@ class AcquireCal500Config(Section):
         return value
 
 
+class FrontEndConfig(Section):
+    """Log-magnitude spectrogram front end; the defaults are VGGish's (Hershey et al. 2017)."""
+
+    sample_rate: PositiveInt = 16000
+    win_length: PositiveInt = 400  # 25 ms periodic Hann window
+    hop_length: PositiveInt = 160  # 10 ms
+    n_fft: PositiveInt = 512
+    n_bands: PositiveInt = 64
+    scale: Literal["mel", "linear"] = "mel"  # mel: HTK-formula triangles; linear: evenly spaced triangles
+    fmin: Annotated[float, Field(ge=0)] = 125.0
+    fmax: Annotated[float, Field(gt=0)] = 7500.0
+    log_offset: Annotated[float, Field(gt=0)] = 0.01  # log(spectrogram + offset)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FrontEndConfig:
+        if self.win_length > self.n_fft or (self.n_fft - self.win_length) % 2:
+            raise ValueError(f"win_length {self.win_length} must be <= n_fft {self.n_fft}, with an even difference")
+        if not self.fmin < self.fmax <= self.sample_rate / 2:
+            raise ValueError(f"need fmin < fmax <= sample_rate / 2, got {self.fmin}, {self.fmax}, {self.sample_rate}")
+        return self
+
+
+class AudioChecks(Section):
+    """What counts as unusable audio; such clips go to the failures table with the reason."""
+
+    min_seconds: Annotated[float, Field(ge=0)] = 0.0
+    silence_peak: Share = 0.001  # peak |sample| below this: silent
+    clip_level: Share = 0.999  # |sample| at or above this counts as clipped
+    max_clipped_share: Share = 0.01
+
+
+class FeatureStoreConfig(Section):
+    raw_dir: str = "data/raw"  # holds one raw clip store per dataset
+    out_dir: str
+    metrics_file: str
+    rows_per_file: PositiveInt = 2000
+    max_failure_share: Share = 0.05
+
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class FeaturesSlicesConfig(Section):
+    """Square log-spectrogram slices of whole clips and songs (the spectrogram study)."""
+
+    datasets: list[str] = Field(min_length=1)
+    # Split of every clip of a dataset whose store has no split column.
+    default_splits: dict[str, str] = {}
+    store: FeatureStoreConfig
+    checks: AudioChecks = AudioChecks()
+    frontend: FrontEndConfig
+    slice_seconds: Annotated[float, Field(gt=0)] = 4.0
+    overlap: Annotated[float, Field(ge=0, lt=1)] = 0.0  # share of a slice the next one repeats
+    tail: Literal["pad", "align_end"] = "pad"
+    vocal_isolation: bool = False
+    dtype: Literal["float16", "float32"] = "float16"
+    device: Device = "cpu"
+
+    @model_validator(mode="after")
+    def _square_and_gapless(self) -> FeaturesSlicesConfig:
+        fe = self.frontend
+        samples = self.slice_seconds * fe.sample_rate
+        if abs(samples - fe.n_bands * fe.hop_length) > 1e-6:
+            raise ValueError(
+                f"a square slice needs slice_seconds * sample_rate = n_bands * hop_length, got {samples:g} != "
+                f"{fe.n_bands} * {fe.hop_length}; e.g. frontend.hop_length={samples / fe.n_bands:g}"
+            )
+        if fe.win_length < fe.hop_length:
+            raise ValueError(f"frontend.win_length {fe.win_length} < hop_length {fe.hop_length} would skip audio")
+        return self
+
+
+class FeaturesVggishConfig(Section):
+    """VGGish embeddings, 128-d per 0.96 s example (the AudioSet study)."""
+
+    datasets: list[str] = Field(min_length=1)
+    default_splits: dict[str, str] = {}
+    store: FeatureStoreConfig
+    checks: AudioChecks = AudioChecks()
+    frontend: FrontEndConfig = FrontEndConfig()
+    example_hop_frames: PositiveInt = 96  # 96: non-overlapping examples, as published
+    # torchvggish state dicts; null = none (only with allow_random_weights).
+    weights: DownloadConfig | None
+    pca_params: DownloadConfig | None
+    allow_random_weights: bool = False
+    seed: int = 0
+    pca: bool = True
+    clip_range: tuple[float, float] | None = (-2.0, 2.0)
+    quantize: bool = True  # 8 bits over clip_range
+    batch_size: PositiveInt = 64
+    device: Device = "auto"
+    precision: Literal["float32", "bfloat16"] = "float32"
+
+    @model_validator(mode="after")
+    def _usable(self) -> FeaturesVggishConfig:
+        if self.frontend.n_bands != 64:
+            raise ValueError(f"VGGish takes 64 bands, frontend.n_bands is {self.frontend.n_bands}")
+        if not self.allow_random_weights and (self.weights is None or (self.pca and self.pca_params is None)):
+            raise ValueError("weights or pca_params is null: set the published torchvggish files (path or URL), "
+                             "or allow_random_weights: true for seeded random weights (recorded in the dataset)")
+        if self.clip_range is not None and self.clip_range[0] >= self.clip_range[1]:
+            raise ValueError(f"clip_range {self.clip_range} must be (low, high) with low < high")
+        if self.quantize and self.clip_range is None:
+            raise ValueError("quantize needs clip_range: 8 bits span the clipped range")
+        return self
+
+
+Split = Literal["train", "test"]
+
+
+class SelectAudiosetConfig(Section):
+    """Which AudioSet segments to download: classes by ontology display name, quotas, disjoint splits."""
+
+    ontology: DownloadConfig
+    # Official segment CSVs by name; train_from / test_from say which feed each split.
+    segments: dict[str, DownloadConfig] = Field(min_length=1)
+    train_from: list[str] = Field(min_length=1)
+    test_from: list[str] = Field(min_length=1)
+    # segments: draw from the official CSVs; clip_lists: ready lists in the mood study's format.
+    source: Literal["segments", "clip_lists"] = "segments"
+    clip_lists: dict[Split, DownloadConfig] = {}
+    classes: list[str] = Field(min_length=1)
+    # A segment carrying two or more of the selected classes: drop it, or keep it with all its labels.
+    multi_label: Literal["drop", "keep"] = "drop"
+    quota: dict[Split, PositiveInt | None] = {"train": None, "test": None}  # per class; null: all
+    seed: int = 0
+    out: str
+    metrics_file: str
+
+    @model_validator(mode="after")
+    def _sources_exist(self) -> SelectAudiosetConfig:
+        for key in ("train_from", "test_from"):
+            unknown = sorted(set(getattr(self, key)) - set(self.segments))
+            if unknown:
+                raise ValueError(f"{key} names {unknown}, which are not among segments {sorted(self.segments)}")
+        if self.source == "clip_lists" and set(self.clip_lists) != {"train", "test"}:
+            raise ValueError("source clip_lists needs clip_lists.train and clip_lists.test")
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes lists a name twice: {self.classes}")
+        return self
+
+
+class StopLossConfig(Section):
+    """Persistent rate limiting pauses a shard instead of burning through its list."""
+
+    after: PositiveInt = 5  # consecutive rate-limited or bot-checked attempts
+    pause_s: Annotated[float, Field(ge=0)] = 900.0
+    max_pauses: Annotated[int, Field(ge=0)] = 2  # then the shard stops; a rerun resumes it
+
+
+class CredentialsConfig(Section):
+    """Where the optional cookies file and proxy come from; the values themselves never enter params."""
+
+    cookies_env: str = "AUDIOSET_COOKIES_FILE"
+    proxy_env: str = "AUDIOSET_PROXY"
+    airflow_conn_id: str = "audioset_youtube"  # extras: cookies_file, proxy
+
+
+class AcquireAudiosetConfig(Section):
+    selection: str
+    url_template: str = "https://www.youtube.com/watch?v={ytid}"
+    sample_rate: PositiveInt = 16000
+    channels: Literal[1, 2] = 1
+    concurrency: PositiveInt = 4  # downloads in flight per shard task
+    min_interval_s: Annotated[float, Field(ge=0)] = 5.0  # per worker, between requests
+    jitter_s: Annotated[float, Field(ge=0)] = 2.0
+    attempts: PositiveInt = 4  # per clip and run, for transient failures
+    backoff_s: Annotated[float, Field(ge=0)] = 10.0
+    max_backoff_s: Annotated[float, Field(ge=0)] = 600.0
+    socket_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    stop_loss: StopLossConfig = StopLossConfig()
+    duration_tolerance_s: Annotated[float, Field(ge=0)] = 0.5
+    silence_dbfs: float = -60.0  # RMS below this: silent
+    state_dir: str = ".cache/audioset"  # remembered failures and verified clips awaiting their shard
+    credentials: CredentialsConfig = CredentialsConfig()
+    seed: int = 0  # jitter draws
+    store: StoreConfig
+
+    @field_validator("url_template")
+    @classmethod
+    def _ytid_placeholder(cls, value: str) -> str:
+        fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        if fields != {"ytid"}:
+            raise ValueError(f"must contain {{ytid}} and no other placeholder, got {sorted(fields) or 'none'}")
+        return value
+
+
 SECTIONS: dict[str, type[Section]] = {
     "acquire_ravdess": AcquireRavdessConfig,
     "acquire_cal500": AcquireCal500Config,
+    "features_slices": FeaturesSlicesConfig,
+    "features_vggish": FeaturesVggishConfig,
+    "select_audioset": SelectAudiosetConfig,
+    "acquire_audioset": AcquireAudiosetConfig,
 }
 
 

@@ -87,9 +87,15 @@ def airflow(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess
                           text=True, timeout=timeout, check=False)  # fmt: skip
 
 
-def prepare_airflow(env: dict[str, str]) -> None:
-    """Migrate the metadata DB and create the pools the DAGs use."""
-    for args in (("db", "migrate"), ("pools", "set", "dvc", "1", "DVC holds a repo-wide lock")):
+def prepare_airflow(env: dict[str, str], audioset_slots: int | None = None) -> None:
+    """Migrate the metadata DB and create the pools the DAGs use.
+
+    audioset_slots: AudioSet shard tasks at once across all workers (default: $AUDIOSET_DOWNLOAD_SLOTS or 4);
+    each keeps acquire_audioset.concurrency downloads in flight.
+    """
+    slots = audioset_slots or int(env.get("AUDIOSET_DOWNLOAD_SLOTS", "4"))
+    for args in (("db", "migrate"), ("pools", "set", "dvc", "1", "DVC holds a repo-wide lock"),
+                 ("pools", "set", "audioset_downloads", str(slots), "AudioSet shard tasks downloading at once")):
         proc = airflow(env, *args)
         if proc.returncode != 0:
             raise RuntimeError(f"airflow {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -111,7 +117,9 @@ class AirflowServices:
     COMPONENTS = ("api-server", "scheduler", "dag-processor")
 
     def __init__(self, env: dict[str, str], port: int, password: str = "admin") -> None:
-        self.env, self.port, self.password = env, port, password
+        # Task runners reach the API server at this URL; its default, localhost:8080, may be another Airflow.
+        self.env = {**env, "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/"}
+        self.port, self.password = port, password
         self.home = Path(env["AIRFLOW_HOME"])
         self.procs: list[subprocess.Popen[bytes]] = []
         self._token: str | None = None
@@ -196,3 +204,48 @@ class AirflowServices:
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
         items = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
         return {ti["task_id"]: ti["state"] for ti in items}
+
+    def latest_run(self, dag_id: str, run_type: str | None = None) -> str | None:
+        """The id of dag_id's newest run (of run_type: manual, scheduled, asset_triggered, ...), or None."""
+        query: dict[str, Any] = {"order_by": "-id", "limit": 1, **({"run_type": run_type} if run_type else {})}
+        resp = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns", params=query)
+        resp.raise_for_status()
+        runs = resp.json()["dag_runs"]
+        return runs[0]["dag_run_id"] if runs else None
+
+    def assets_produced(self, dag_id: str, run_id: str) -> set[str]:
+        """Names of the Assets a run updated (its tasks' outlet events)."""
+        resp = self.api("GET", "/api/v2/assets/events", params={"source_dag_id": dag_id, "source_run_id": run_id,
+                                                                  "limit": 1000})  # fmt: skip
+        resp.raise_for_status()
+        return {event["name"] for event in resp.json()["asset_events"]}
+
+    def trigger_assets(self, dag_id: str) -> set[str]:
+        """Names of the Assets an asset-scheduled DAG waits for."""
+        resp = self.api("GET", f"/api/v2/dags/{dag_id}/details")
+        resp.raise_for_status()
+        names: set[str] = set()
+
+        def walk(node: Any) -> None:
+            if isinstance(node, dict):
+                if isinstance(node.get("asset"), dict) and "name" in node["asset"]:
+                    names.add(node["asset"]["name"])
+                for value in node.values():
+                    walk(value)
+            elif isinstance(node, list):
+                for value in node:
+                    walk(value)
+
+        walk(resp.json().get("asset_expression"))
+        return names
+
+    def wait_for_triggered_run(self, dag_id: str, timeout: float = 180) -> str:
+        """The id of dag_id's asset-triggered run, once the scheduler has created it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            run_id = self.latest_run(dag_id, "asset_triggered")
+            if run_id is not None:
+                return run_id
+            time.sleep(2)
+        raise TimeoutError(f"no asset-triggered run of {dag_id} appeared in {timeout:.0f} s; see {self.home}/*.log")

@@ -14,7 +14,9 @@ from tasks.mirror.server import MirrorServer
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT.parent / "shared" / "data"
 # Short clips keep the suite fast; the code paths are those of full-length audio.
-SMALL = CorpusSpec(seed=7, ravdess_actors=(1,), ravdess_seconds=(1.0, 1.6), cal500_songs=6, cal500_seconds=(3.0, 5.0))
+SMALL = CorpusSpec(seed=7, ravdess_actors=(1,), ravdess_seconds=(1.0, 1.6), cal500_songs=6, cal500_seconds=(3.0, 5.0),
+                   audioset_per_class=(2, 1), audioset_missing=1, audioset_segment_seconds=2.0,
+                   audioset_media_seconds=4.0)  # fmt: skip
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from .conftest import PROJECT
 
 DAG_FILES = sorted(p for p in (PROJECT / "dags").glob("*.py") if p.name != "common.py")
 # Tasks that reach the network (sources, mirrors) must retry.
-NETWORK_TASKS = {"acquire_ravdess", "acquire_cal500"}
+NETWORK_TASKS = {"acquire_ravdess", "acquire_cal500", "select_audioset", "download_audioset_shard"}
 
 # Airflow 3 puts the DAG bundle folder on sys.path (BundleDagBag), so DAG files share `common`.
 INSPECT = """

@@ -9,6 +9,7 @@ from tasks.versioning import dvc
 from tasks.workspace import airflow, airflow_env, git, make_workspace, prepare_airflow
 
 pytestmark = pytest.mark.slow
+FEATURE_DAGS = ("features_slices", "features_vggish")
 
 
 def outs_md5(lock: Path) -> dict[str, str]:
@@ -18,15 +19,17 @@ def outs_md5(lock: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory, mirror_params: list[str]) -> Path:
-    """A workspace after one `airflow dags test acquire` run."""
+    """A workspace after one `airflow dags test acquire` run, then the features DAGs its Assets trigger."""
     root = tmp_path_factory.mktemp("pipeline")
     ws = make_workspace(root / "ws", mirror_params)
     env = airflow_env(root / "airflow", ws)
     prepare_airflow(env)
-    proc = airflow(env, "dags", "test", "acquire")
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-5000:]
-    assert "state=failed" not in log and "DagRunState.FAILED" not in log, log[-5000:]
+    # The features DAGs run on the Assets acquire publishes; `dags test` runs each one in turn.
+    for dag_id in ["acquire", *FEATURE_DAGS]:
+        proc = airflow(env, "dags", "test", dag_id)
+        log = proc.stdout + proc.stderr
+        assert proc.returncode == 0, log[-5000:]
+        assert "state=failed" not in log and "DagRunState.FAILED" not in log, log[-5000:]
     return ws
 
 
@@ -36,6 +39,40 @@ def test_dag_run_stores_both_datasets(workspace: Path) -> None:
         assert (out / "manifest.parquet").exists() and (out / "failures.parquet").exists()
     metrics = yaml.safe_load((workspace / "metrics/acquire_ravdess.json").read_text())
     assert metrics["clips"] == 44
+
+
+def test_audioset_branch_fans_out_and_versions_both_stages(workspace: Path) -> None:
+    # The test corpus lists 14 single-mood segments: 1 video gone, 1 shorter than its segment, 1 silent.
+    metrics = yaml.safe_load((workspace / "metrics/acquire_audioset.json").read_text())
+    assert metrics["selected"] == 14 and metrics["clips"] == 11
+    assert metrics["failed_by_reason"] == {"duration_mismatch": 1, "silent": 1, "unavailable": 1}
+    out = workspace / "data/raw/audioset"
+    assert (out / "manifest.parquet").exists() and (out / "shards/part-00000.parquet").exists()
+    lock = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"]
+    assert lock["select_audioset"]["outs"][0]["path"] == "data/audioset/selection.parquet"
+    assert lock["acquire_audioset"]["outs"][0]["path"] == "data/raw/audioset"
+
+
+def test_features_dag_publishes_versioned_slices(workspace: Path) -> None:
+    acquired = sum(yaml.safe_load((workspace / f"metrics/acquire_{d}.json").read_text())["clips"]
+                   for d in ("ravdess", "cal500"))  # fmt: skip
+    metrics = yaml.safe_load((workspace / "metrics/features_slices.json").read_text())
+    assert metrics["clips"] == acquired and metrics["failed"] == 0 and metrics["shape"] == [128, 128]
+    assert set(metrics["per_dataset"]) == {"ravdess", "cal500"}
+    assert (workspace / "data/features/slices/_dataset.json").exists()
+    lock = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"]
+    assert lock["features_slices"]["outs"][0]["path"] == "data/features/slices"
+
+
+def test_features_dag_publishes_versioned_embeddings(workspace: Path) -> None:
+    acquired = yaml.safe_load((workspace / "metrics/acquire_audioset.json").read_text())["clips"]
+    metrics = yaml.safe_load((workspace / "metrics/features_vggish.json").read_text())
+    assert metrics["clips"] == acquired and metrics["failed"] == 0 and metrics["shape"] == [128]
+    assert metrics["rows"] >= metrics["clips"]  # one row per 0.96 s example
+    # The offline run has no published weights: it says so in the metrics and the dataset metadata.
+    assert metrics["random_weights"] is True
+    meta = yaml.safe_load((workspace / "data/features/vggish/_dataset.json").read_text())
+    assert meta["random_weights"] is True and meta["params_hash"] == metrics["params_hash"]
 
 
 def test_dvc_is_clean_and_pushed_after_the_airflow_run(workspace: Path) -> None:

@@ -26,10 +26,15 @@ class CorpusSpec:
     ravdess_seconds: tuple[float, float] = (3.8, 6.1)
     cal500_songs: int = 12
     cal500_seconds: tuple[float, float] = (20.0, 45.0)
+    audioset_per_class: tuple[int, int] = (7, 3)  # (train, test) single-mood segments per study mood
+    audioset_missing: int = 3  # of those, videos that are gone (HTTP 404)
+    audioset_segment_seconds: float = 10.0
+    audioset_media_seconds: float = 14.0
 
 
 def build_corpus(out: Path, spec: CorpusSpec) -> dict[str, str]:
     """Write the mirror tree once per spec; returns {relative path: sha256}."""
+    from tasks.mirror.audioset import build_audioset_tree
     from tasks.mirror.package import build_cal500_archive, build_ravdess_zip
 
     index_path = out / INDEX
@@ -43,7 +48,9 @@ def build_corpus(out: Path, spec: CorpusSpec) -> dict[str, str]:
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
     build_ravdess_zip(out / RAVDESS_ZIP, spec.ravdess_actors, spec.seed, *spec.ravdess_seconds)
     build_cal500_archive(out / CAL500_ARCHIVE, spec.cal500_songs, spec.seed, *spec.cal500_seconds)
-    files = {p: sha256_file(out / p) for p in (RAVDESS_ZIP, CAL500_ARCHIVE)}
+    audioset = build_audioset_tree(out, spec.seed, spec.audioset_per_class, spec.audioset_missing,
+                                   spec.audioset_segment_seconds, spec.audioset_media_seconds)  # fmt: skip
+    files = {p: sha256_file(out / p) for p in (RAVDESS_ZIP, CAL500_ARCHIVE, *audioset)}
     index_path.write_text(json.dumps({"spec": wanted, "files": files}, indent=2) + "\n")
     log.info("mirror corpus built in %s in %.1f s", out, time.monotonic() - started)
     return files
@@ -56,7 +63,26 @@ def mirror_overrides(base_url: str, files: dict[str, str]) -> list[str]:
         f"acquire_ravdess.download.sha256={files[RAVDESS_ZIP]}",
         f"acquire_cal500.download.url={base_url}/{CAL500_ARCHIVE}",
         f"acquire_cal500.download.sha256={files[CAL500_ARCHIVE]}",
+        # The published VGGish weights cannot come from a mirror of generated data: an offline
+        # run embeds with seeded random weights, which the feature dataset records.
+        "features_vggish.weights=null",
+        "features_vggish.pca_params=null",
+        "features_vggish.allow_random_weights=true",
+        *audioset_overrides(base_url, files),
     ]
+
+
+def audioset_overrides(base_url: str, files: dict[str, str]) -> list[str]:
+    from tasks.mirror.audioset import ONTOLOGY, SEGMENT_FILES, URL_TEMPLATE
+
+    overrides = [f"select_audioset.ontology.url={base_url}/{ONTOLOGY}",
+                 f"select_audioset.ontology.sha256={files[ONTOLOGY]}"]  # fmt: skip
+    for name, rel in SEGMENT_FILES.items():
+        overrides += [f"select_audioset.segments.{name}.url={base_url}/{rel}",
+                      f"select_audioset.segments.{name}.sha256={files[rel]}"]  # fmt: skip
+    # A loopback mirror needs no politeness towards YouTube: keep the pacing short, not absent.
+    return [*overrides, f"acquire_audioset.url_template={base_url}/{URL_TEMPLATE}",
+            "acquire_audioset.min_interval_s=0.2", "acquire_audioset.jitter_s=0.1"]  # fmt: skip
 
 
 def _ints(text: str) -> tuple[int, ...]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 from collections import defaultdict, deque
@@ -69,6 +70,12 @@ class MirrorServer(ThreadingHTTPServer):
     def record(self, path: str, range_header: str | None) -> None:
         with self._lock:
             self.requests.append((path, range_header))
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # Clients hang up early on purpose (yt-dlp reads 512 bytes of a direct link to sniff it);
+        # that is no server error worth a traceback.
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
 
     def start(self) -> MirrorServer:
         self._thread = threading.Thread(target=self.serve_forever, name="mirror", daemon=True)

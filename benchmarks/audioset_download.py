@@ -1,0 +1,99 @@
+"""Benchmark: AudioSet downloads (real yt-dlp + ffmpeg) from the loopback mirror with a fixed latency per request.
+
+Baseline: one download in flight (concurrency 1). For 1, 2, 4 and 8 concurrent downloads it prints
+clips per minute and the ratio to the baseline, then the time of a rerun over the fully downloaded
+shard (which must fetch nothing). Writes benchmarks/results/audioset_download.json.
+
+    .venv/bin/python benchmarks/audioset_download.py [--latency 0.1] [--per-class 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+from tasks.audioset.download import Credentials, download_shard, finalize_audioset, plan_audioset  # noqa: E402
+from tasks.audioset.select import select_audioset  # noqa: E402
+from tasks.config import apply_overrides, load_params, section_config  # noqa: E402
+from tasks.fetch import sha256_file  # noqa: E402
+from tasks.mirror.audioset import build_audioset_tree  # noqa: E402
+from tasks.mirror.cli import audioset_overrides  # noqa: E402
+from tasks.mirror.server import MirrorServer  # noqa: E402
+
+RESULTS = PROJECT / "benchmarks" / "results" / "audioset_download.json"
+
+
+def run(root: Path, overrides: list[str], concurrency: int) -> tuple[float, int, int]:
+    """Seconds for plan + download + finalize of one shard; stored clips; media requests seen."""
+    params = apply_overrides(load_params(PROJECT / "params.yaml"), overrides)
+    select_audioset(section_config(params, "select_audioset"), root)
+    cfg = section_config(apply_overrides(params, [f"acquire_audioset.concurrency={concurrency}"]), "acquire_audioset")
+    started = time.perf_counter()
+    for index in plan_audioset(cfg, root):
+        download_shard(cfg, root, index, Credentials())
+    metrics = finalize_audioset(cfg, root)
+    return time.perf_counter() - started, metrics["clips"], metrics["selected"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--latency", type=float, default=0.1, help="seconds added to every mirror request")
+    parser.add_argument("--per-class", type=int, default=8, help="train segments per study mood (4 moods)")
+    parser.add_argument("--concurrency", default="1,2,4,8")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    levels = [int(x) for x in args.concurrency.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="bench-audioset-"))
+    try:
+        tree = work / "mirror"
+        files = {p: sha256_file(tree / p) for p in build_audioset_tree(tree, args.seed, (args.per_class, 0), 0,
+                                                                          10.0, 14.0)}  # fmt: skip
+        rows = []
+        with MirrorServer(tree, latency_s=args.latency) as server:
+            base = [*audioset_overrides(server.url, files), "acquire_audioset.min_interval_s=0",
+                    "acquire_audioset.jitter_s=0", "acquire_audioset.store.shard_rows=1000",
+                    "acquire_audioset.store.max_failure_share=1", "select_audioset.quota.train=null"]  # fmt: skip
+            for level in levels:
+                seconds, stored, selected = run(work / f"c{level}", base, level)
+                rows.append({"concurrency": level, "seconds": round(seconds, 3), "clips": stored,
+                             "clips_per_min": round(stored / seconds * 60, 1)})  # fmt: skip
+            before = len(server.requests)
+            rerun_s, _, _ = run(work / f"c{levels[-1]}", base, levels[-1])
+            rerun_requests = len(server.requests) - before
+        baseline = rows[0]["clips_per_min"]
+        for row in rows:
+            row["ratio_to_1"] = round(row["clips_per_min"] / baseline, 2)
+        print(f"AudioSet download from the loopback mirror: {selected} segments ({stored} downloadable), "
+              f"{args.latency * 1000:.0f} ms latency per request, {os.cpu_count()} CPUs")  # fmt: skip
+        print(f"{'concurrency':>11} {'seconds':>8} {'clips/min':>10} {'vs 1':>6}")
+        for row in rows:
+            print(f"{row['concurrency']:>11} {row['seconds']:>8.2f} {row['clips_per_min']:>10.1f} "
+                  f"{row['ratio_to_1']:>5.2f}x")  # fmt: skip
+        print(f"rerun over the fully downloaded shard: {rerun_s:.3f} s, {rerun_requests} requests "
+              f"({rows[-1]['seconds'] / rerun_s:.0f}x faster than downloading it)")  # fmt: skip
+        result = {"benchmark": "audioset_download", "baseline": "concurrency 1", "latency_s": args.latency,
+                  "segments": selected, "downloadable": stored, "cpus": os.cpu_count(),
+                  "python": platform.python_version(), "runs": rows,
+                  "rerun": {"seconds": round(rerun_s, 4), "requests": rerun_requests}}  # fmt: skip
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {RESULTS.relative_to(PROJECT)}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Feature stage throughput against its baselines, in one run on the same clips (not a test).
+
+    .venv/bin/python benchmarks/features.py [--clips 48] [--songs 16] [--batch-sizes 1,8,32,128]
+
+Prints, side by side:
+  (a) features_slices (read shard + decode + resample + log-mel + slices + write Parquet), clips/s,
+      against a plain per-clip librosa loop doing the same work (librosa.load at 16 kHz,
+      melspectrogram with the same settings, log): goal >= 3x;
+  (b) the same against the decode-only rate of those clips (FLAC -> float32), sequential and on
+      the stage's thread count: goal >= 0.5x;
+  (c) VGGish examples/s on CPU per batch size (fp32), and on CUDA when torch sees one (fp32, bf16),
+      plus the features_vggish stage end to end on 10 s clips.
+Each slices figure is the best of --repeats interleaved runs. Writes benchmarks/results/features.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from tasks.audio import decode_flac
+from tasks.config import apply_overrides, load_params, section_config
+from tasks.features import stage
+from tasks.features.slices import features_slices
+from tasks.features.stage import WORKERS
+from tasks.features.vggish import features_vggish, random_model
+from tasks.mirror.store import synth_clip, write_store
+
+PROJECT = Path(__file__).resolve().parents[1]
+MOODS = ["neutral", "calm", "happy", "sad", "angry", "fearful"]
+
+
+def build_corpus(root: Path, clips: int, songs: int, seed: int) -> None:
+    """RAVDESS-like sung clips (3.8-6.1 s, 48 kHz mono) and CAL500-like songs (30-60 s, 44.1 kHz stereo)."""
+    rng = np.random.default_rng(seed)
+    sung = [synth_clip(f"03-02-{i % 6 + 1:02d}-01-01-01-{i % 24 + 1:02d}-{i}", MOODS[i % 6], rng.uniform(3.8, 6.1),
+                       48000, seed, voice=True, meta={"actor": i % 24 + 1}) for i in range(clips)]  # fmt: skip
+    long = [synth_clip(f"artist_{i}-song_{i}", MOODS[i % 6], rng.uniform(30.0, 60.0), 44100, seed, channels=2)
+            for i in range(songs)]  # fmt: skip
+    write_store(root / "raw", "ravdess", sung, shard_rows=500)
+    write_store(root / "raw", "cal500", long, shard_rows=16)
+    clips10 = [synth_clip(f"yt{i:09d}", MOODS[i % 6], 10.0, 16000, seed, meta={"split": "train"}) for i in range(24)]
+    write_store(root / "raw", "audioset", clips10, shard_rows=500)
+
+
+def blobs(root: Path, datasets: list[str]) -> list[bytes]:
+    return [b for d in datasets for shard in sorted((root / "raw" / d / "shards").glob("*.parquet"))
+            for b in pq.read_table(shard, columns=["audio"]).column("audio").to_pylist()]  # fmt: skip
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def librosa_loop(data: list[bytes], fe: dict) -> None:
+    for blob in data:
+        y, _ = librosa.load(io.BytesIO(blob), sr=fe["sample_rate"], mono=True)
+        mel = librosa.feature.melspectrogram(
+            y=y, sr=fe["sample_rate"], n_fft=fe["n_fft"], hop_length=fe["hop_length"], win_length=fe["win_length"],
+            n_mels=fe["n_bands"], fmin=fe["fmin"], fmax=fe["fmax"], htk=True, norm=None, power=1.0,
+        )  # fmt: skip
+        np.log(mel + fe["log_offset"])
+
+
+def decode_all(data: list[bytes], workers: int) -> None:
+    if workers == 1:
+        for blob in data:
+            decode_flac(blob)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(decode_flac, data))
+
+
+def vggish_rates(batch_sizes: list[int], device: torch.device, dtype: torch.dtype, seconds: float) -> dict[int, float]:
+    model = random_model(0).to(device).eval()
+    rates = {}
+    for batch in batch_sizes:
+        x = torch.randn(batch, 96, 64, device=device) - 2.0
+        with torch.inference_mode(), torch.autocast(device.type, dtype, enabled=dtype != torch.float32):
+            model(x)  # warm-up: kernels, allocator
+            done, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                model(x)
+                done += batch
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        rates[batch] = done / (time.perf_counter() - start)
+    return rates
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", type=int, default=48, help="RAVDESS-like sung clips (3.8-6.1 s)")
+    parser.add_argument("--songs", type=int, default=16, help="CAL500-like songs (30-60 s, stereo)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-sizes", default="1,8,32,128")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the best of each counts")
+    parser.add_argument("--vggish-seconds", type=float, default=4.0, help="time per VGGish measurement")
+    parser.add_argument("--out", type=Path, default=PROJECT / "benchmarks/results/features.json")
+    args = parser.parse_args()
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+
+    with tempfile.TemporaryDirectory(prefix="bench-features-") as tmp:
+        root = Path(tmp)
+        print(f"generating {args.clips} sung clips and {args.songs} songs ...", flush=True)
+        build_corpus(root, args.clips, args.songs, args.seed)
+        params = apply_overrides(load_params(PROJECT / "params.yaml"), [f"features_slices.store.raw_dir={root / 'raw'}",
+                                 f"features_slices.store.metrics_file={root / 'm.json'}"])  # fmt: skip
+        data = blobs(root, ["ravdess", "cal500"])
+        n = len(data)
+        audio_s = sum(sum(pq.read_table(root / "raw" / d / "manifest.parquet").column("duration_s").to_pylist())
+                      for d in ("ravdess", "cal500"))  # fmt: skip
+        fe = params["features_slices"]["frontend"]
+
+        print("warming up (librosa compiles numba code on first use) ...", flush=True)
+        librosa_loop(data[:2], fe)
+        decode_all(data[:2], 1)
+        features_slices(section_config(apply_overrides(params, [f"features_slices.store.out_dir={root / 'warm'}",
+                                                                "features_slices.datasets=[ravdess]"]),
+                                       "features_slices"), root)  # fmt: skip
+
+        # Interleaved repeats, best of each: other load on a shared machine only ever adds time.
+        runs: dict[str, list[float]] = {"stage": [], "stage_1": [], "librosa": [], "decode_1": [], "decode_n": []}
+        for repeat in range(args.repeats):
+            for key, workers in (("stage", WORKERS), ("stage_1", 1)):
+                out = f"features_slices.store.out_dir={root / f'{key}-{repeat}'}"
+                cfg = section_config(apply_overrides(params, [out]), "features_slices")
+                stage.WORKERS = workers
+                runs[key].append(timed(lambda cfg=cfg: features_slices(cfg, root)))
+                stage.WORKERS = WORKERS
+            runs["librosa"].append(timed(lambda: librosa_loop(data, fe)))
+            runs["decode_1"].append(timed(lambda: decode_all(data, 1)))
+            runs["decode_n"].append(timed(lambda: decode_all(data, WORKERS)))
+        best = {k: min(v) for k, v in runs.items()}
+
+        vcfg = section_config(apply_overrides(load_params(PROJECT / "params.yaml"), [
+            f"features_vggish.store.raw_dir={root / 'raw'}", f"features_vggish.store.out_dir={root / 'vggish'}",
+            f"features_vggish.store.metrics_file={root / 'v.json'}", "features_vggish.weights=null",
+            "features_vggish.pca_params=null", "features_vggish.allow_random_weights=true",
+            "features_vggish.device=cpu"]), "features_vggish")  # fmt: skip
+        vggish_metrics = {}
+
+        def run_vggish() -> None:
+            vggish_metrics.update(features_vggish(vcfg, root))
+
+        t_vggish_stage = timed(run_vggish)
+
+    cpu = vggish_rates(batch_sizes, torch.device("cpu"), torch.float32, args.vggish_seconds)
+    cuda = {}
+    if torch.cuda.is_available():
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            cuda[name] = vggish_rates(batch_sizes, torch.device("cuda"), dtype, args.vggish_seconds)
+
+    rate = {k: n / t for k, t in best.items()}
+    results = {
+        "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "torch": torch.__version__,
+                    "torch_threads": torch.get_num_threads(), "stage_workers": WORKERS,
+                    "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        "corpus": {"clips": n, "sung_clips": args.clips, "songs": args.songs, "audio_seconds": round(audio_s, 1)},
+        "slices": {
+            "clips_per_s": {k: round(v, 2) for k, v in rate.items()},
+            "seconds_per_repeat": runs,
+            "stage_vs_librosa": round(rate["stage"] / rate["librosa"], 2),
+            "stage_vs_decode_parallel": round(rate["stage"] / rate["decode_n"], 2),
+            "stage_vs_decode_sequential": round(rate["stage"] / rate["decode_1"], 2),
+            "goals": {"stage_vs_librosa": 3.0, "stage_vs_decode": 0.5},
+        },
+        "vggish": {
+            "cpu_fp32_examples_per_s": {str(b): round(r, 1) for b, r in cpu.items()},
+            "cuda_examples_per_s": {k: {str(b): round(r, 1) for b, r in v.items()} for k, v in cuda.items()},
+            "stage_cpu": {"clips": vggish_metrics["clips"], "examples": vggish_metrics["rows"],
+                          "seconds": round(t_vggish_stage, 2),
+                          "examples_per_s": round(vggish_metrics["rows"] / t_vggish_stage, 1)},
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+    s = results["slices"]
+    print(f"\n{n} clips, {audio_s / 60:.1f} min of audio (48 kHz mono clips, 44.1 kHz stereo songs); "
+          f"best of {args.repeats} interleaved runs, {WORKERS} stage threads on {os.cpu_count()} cores")
+    print(f"{'':34}{'clips/s':>10}{'ratio':>10}")
+    print(f"{f'features_slices stage, {WORKERS} threads':34}{rate['stage']:>10.2f}{'1.00':>10}")
+    print(f"{'features_slices stage, 1 thread':34}{rate['stage_1']:>10.2f}{rate['stage_1'] / rate['stage']:>10.2f}")
+    print(f"{'librosa loop (load+mel+log)':34}{rate['librosa']:>10.2f}{rate['librosa'] / rate['stage']:>10.2f}")
+    print(f"{f'decode only, {WORKERS} threads':34}{rate['decode_n']:>10.2f}{rate['decode_n'] / rate['stage']:>10.2f}")
+    print(f"{'decode only, 1 thread':34}{rate['decode_1']:>10.2f}{rate['decode_1'] / rate['stage']:>10.2f}")
+    print(f"stage vs librosa loop: {s['stage_vs_librosa']:.2f}x (goal >= 3x); stage vs decode-only: "
+          f"{s['stage_vs_decode_parallel']:.2f}x on {WORKERS} threads, {s['stage_vs_decode_sequential']:.2f}x "
+          f"sequential (goal >= 0.5x)")  # fmt: skip
+    print("\nVGGish examples/s   " + "".join(f"{f'batch {b}':>12}" for b in batch_sizes))
+    print(f"{'cpu fp32':20}" + "".join(f"{cpu[b]:>12.1f}" for b in batch_sizes))
+    for name, rates in cuda.items():
+        print(f"{'cuda ' + name:20}" + "".join(f"{rates[b]:>12.1f}" for b in batch_sizes))
+    if not cuda:
+        print("(no CUDA device: GPU figures not measured)")
+    v = results["vggish"]["stage_cpu"]
+    print(f"features_vggish stage on CPU: {v['clips']} 10 s clips, {v['examples']} examples in {v['seconds']} s "
+          f"= {v['examples_per_s']} examples/s (decode + mel + network + write)")  # fmt: skip
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""Feature datasets: Parquet partitioned by dataset and split, tensors in fixed_shape_tensor columns.
+
+Layout of one feature dataset (a DVC output):
+    dataset=<name>/split=<split>/part-SSSSS-CCC.parquet  rows of input shard SSSSS, chunk CCC
+    _shards/<name>-part-SSSSS.parquet                   failures of that input shard; written
+                                                         last, it marks the shard done
+    _failures.parquet                                    every failure
+    _dataset.json                                        metadata and counts
+
+pyarrow.dataset ignores names starting with '_', so only the feature rows are read as data.
+Every Parquet file carries the same metadata (parameters hash, code version, front-end
+settings, weights) under the `mood_pipeline` schema key. An input shard is done when its
+marker names the current parameters, code and input digest and every file it lists is
+there with the listed row count; a rerun skips it, and a killed run loses at most one shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import torch
+
+from tasks.errors import PipelineError
+from tasks.storage import FAILURE_SCHEMA, Failure, StageFailed, atomic_write_table, failures_table, write_json
+
+log = logging.getLogger("tasks")
+
+META_KEY = b"mood_pipeline"
+SHARDS = "_shards"
+FAILURES = "_failures.parquet"
+METADATA = "_dataset.json"
+# A partition value becomes a directory name.
+PARTITION_VALUE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+_HERE = Path(__file__).resolve().parent
+# The code every feature stage runs; with the stage's own module, what its dvc.yaml deps list.
+SHARED_CODE = [_HERE / "frontend.py", _HERE / "dataset.py", _HERE / "stage.py",
+               _HERE.parent / "audio.py", _HERE.parent / "storage.py"]  # fmt: skip
+
+
+def code_version(stage_module: str) -> str:
+    digest = hashlib.sha256()
+    for path in [Path(stage_module).resolve(), *SHARED_CODE]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def params_hash(section: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(section, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class InputShard:
+    """One shard of a raw clip store and the manifest rows of its clips."""
+
+    dataset: str
+    name: str  # part-NNNNN
+    path: Path
+    ids: list[str]
+    labels: list[list[str]]
+    actors: list[int | None]
+    splits: list[str]
+    sha256: list[str]
+
+    @property
+    def digest(self) -> str:
+        text = json.dumps([self.dataset, self.name, self.ids, self.sha256, self.splits, self.labels])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def blobs(self, batch_rows: int = 16) -> Iterator[tuple[str, bytes]]:
+        """(id, FLAC bytes) a few rows at a time: a shard's audio is never all in memory."""
+        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=batch_rows, columns=["id", "audio"]):
+            yield from zip(batch.column("id").to_pylist(), batch.column("audio").to_pylist(), strict=True)
+
+
+def plan_inputs(raw_dir: Path, dataset: str, default_splits: dict[str, str]) -> list[InputShard]:
+    """The input shards of one raw clip store, from its manifest."""
+    manifest_path = raw_dir / dataset / "manifest.parquet"
+    if not manifest_path.exists():
+        raise StageFailed(f"no raw clip store for dataset {dataset!r}: {manifest_path} is missing "
+                          f"(run the acquire_{dataset} stage first)")  # fmt: skip
+    manifest = pq.read_table(manifest_path)
+    n = manifest.num_rows
+    if "split" in manifest.column_names:
+        splits = manifest.column("split").to_pylist()
+    elif dataset in default_splits:
+        splits = [default_splits[dataset]] * n
+    else:
+        raise StageFailed(f"{manifest_path} has no split column and default_splits names no split for {dataset!r}")
+    bad = sorted({s for s in splits if not isinstance(s, str) or not PARTITION_VALUE.match(s)}, key=str)
+    if bad or not PARTITION_VALUE.match(dataset):
+        raise StageFailed(f"{dataset}: dataset and split names must be plain words (letters, digits, _ . -), got "
+                          f"{[dataset, *bad]}")  # fmt: skip
+    actors = manifest.column("actor").to_pylist() if "actor" in manifest.column_names else [None] * n
+    columns = {k: manifest.column(k).to_pylist() for k in ("id", "labels", "sha256", "shard")}
+    groups: dict[str, list[int]] = {}
+    for i, shard in enumerate(columns["shard"]):
+        groups.setdefault(shard, []).append(i)
+    return [
+        InputShard(
+            dataset=dataset,
+            name=Path(shard).stem,
+            path=raw_dir / dataset / "shards" / shard,
+            ids=[columns["id"][i] for i in rows],
+            labels=[columns["labels"][i] for i in rows],
+            actors=[actors[i] for i in rows],
+            splits=[splits[i] for i in rows],
+            sha256=[columns["sha256"][i] for i in rows],
+        )
+        for shard, rows in sorted(groups.items())
+    ]
+
+
+@dataclass
+class Block:
+    """The feature rows of one clip: k tensors and where each lies in the clip."""
+
+    clip_id: str
+    split: str
+    labels: list[str]
+    actor: int | None
+    tensors: np.ndarray  # k x shape
+    start_sample: np.ndarray  # k, at the front end's rate
+    end_sample: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+
+class FeatureStore:
+    """Writer of one feature dataset (see the module docstring for the layout)."""
+
+    def __init__(self, root: Path, column: str, value_type: pa.DataType, shape: Sequence[int],
+                 metadata: dict[str, Any], rows_per_file: int) -> None:  # fmt: skip
+        self.root = root
+        self.column = column
+        self.shape = list(shape)
+        self.metadata = metadata
+        self.rows_per_file = rows_per_file
+        self.tensor_type = pa.fixed_shape_tensor(value_type, self.shape)
+        self.schema = pa.schema(
+            [
+                ("clip_id", pa.string()),
+                ("labels", pa.list_(pa.string())),
+                ("actor", pa.int8()),
+                ("index", pa.int32()),
+                ("start_sample", pa.int64()),
+                ("end_sample", pa.int64()),
+                (column, self.tensor_type),
+            ],
+            metadata={META_KEY: json.dumps(metadata, sort_keys=True).encode()},
+        )
+
+    def marker_path(self, shard: InputShard) -> Path:
+        return self.root / SHARDS / f"{shard.dataset}-{shard.name}.parquet"
+
+    def _stamp(self, shard: InputShard) -> dict[str, Any]:
+        return {"params": self.metadata["params_hash"], "code": self.metadata["code_version"], "input": shard.digest}
+
+    def remove_partial_files(self) -> None:
+        for path in self.root.rglob(".*.tmp-*"):
+            path.unlink(missing_ok=True)
+
+    def shard_done(self, shard: InputShard) -> bool:
+        marker = self.marker_path(shard)
+        if not marker.exists():
+            return False
+        try:
+            stamp = json.loads(pq.read_schema(marker).metadata[META_KEY])
+            for rel, rows in stamp["files"].items():
+                if pq.read_metadata(self.root / rel).num_rows != rows:
+                    return False
+        except (OSError, KeyError, ValueError, pa.ArrowInvalid) as exc:
+            log.warning("%s: marker or output unreadable (%s); redoing the shard", marker.name, exc)
+            return False
+        return {k: stamp.get(k) for k in ("params", "code", "input")} == self._stamp(shard)
+
+    def _outputs(self, shard: InputShard) -> list[Path]:
+        return sorted(self.root.glob(f"dataset={shard.dataset}/split=*/{shard.name}-*.parquet"))
+
+    def table(self, blocks: Sequence[Block]) -> pa.Table:
+        def per_row(values: list[Any]) -> list[Any]:
+            return [v for b, v in zip(blocks, values, strict=True) for _ in range(len(b))]
+
+        def joined(arrays: list[np.ndarray]) -> np.ndarray:
+            return np.concatenate(arrays) if arrays else np.empty(0, np.int64)
+
+        dtype = self.tensor_type.value_type.to_pandas_dtype()
+        tensors = np.concatenate([b.tensors for b in blocks]) if blocks else np.empty((0, *self.shape), dtype)
+        columns = {
+            "clip_id": per_row([b.clip_id for b in blocks]),
+            "labels": per_row([b.labels for b in blocks]),
+            "actor": per_row([b.actor for b in blocks]),
+            "index": joined([np.arange(len(b)) for b in blocks]),
+            "start_sample": joined([b.start_sample for b in blocks]),
+            "end_sample": joined([b.end_sample for b in blocks]),
+            self.column: pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(tensors, dtype)),
+        }
+        return pa.Table.from_pydict(columns, schema=self.schema)
+
+    def write_shard(self, shard: InputShard, blocks: Sequence[Block], failures: Sequence[Failure]) -> None:
+        """Replace the shard's outputs: feature files per split in bounded chunks, then its marker."""
+        self.marker_path(shard).unlink(missing_ok=True)
+        for path in self._outputs(shard):
+            path.unlink()
+        files: dict[str, int] = {}
+        for split in sorted({b.split for b in blocks}):
+            table = self.table([b for b in blocks if b.split == split])
+            for chunk, start in enumerate(range(0, table.num_rows, self.rows_per_file)):
+                rel = f"dataset={shard.dataset}/split={split}/{shard.name}-{chunk:03d}.parquet"
+                part = table.slice(start, self.rows_per_file)
+                atomic_write_table(part, self.root / rel, row_group_size=256)
+                files[rel] = part.num_rows
+        stamp = {**self._stamp(shard), "files": files}
+        marker = failures_table(failures).replace_schema_metadata({META_KEY: json.dumps(stamp).encode()})
+        atomic_write_table(marker, self.marker_path(shard))
+
+    def finalize(self, shards: Sequence[InputShard]) -> tuple[dict[str, Any], pa.Table]:
+        """Drop outputs of shards outside the plan, write the failures table and the metadata file."""
+        planned = {self.marker_path(s) for s in shards}
+        planned_files = {p for s in shards for p in self._outputs(s)}
+        for path in self.root.glob(f"{SHARDS}/*.parquet"):
+            if path not in planned:
+                path.unlink()
+        for path in self.root.glob("dataset=*/split=*/*.parquet"):
+            if path not in planned_files:
+                path.unlink()
+        for folder in sorted(self.root.glob("dataset=*/split=*"), reverse=True) + sorted(self.root.glob("dataset=*")):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        parts = [pq.read_table(self.marker_path(s)) for s in shards]
+        failed = pa.concat_tables(parts).replace_schema_metadata(None) if parts else FAILURE_SCHEMA.empty_table()
+        atomic_write_table(failed, self.root / FAILURES)
+        rows: dict[tuple[str, str], int] = {}
+        clips: dict[tuple[str, str], set[str]] = {}
+        for path in sorted(planned_files):
+            key = tuple(part.split("=", 1)[1] for part in path.relative_to(self.root).parts[:2])
+            ids = pq.read_table(path, columns=["clip_id"]).column("clip_id").to_pylist()
+            rows[key] = rows.get(key, 0) + len(ids)
+            clips.setdefault(key, set()).update(ids)  # a clip's rows may span two chunk files
+        counts: dict[str, dict[str, dict[str, int]]] = {}
+        for (dataset, split), n in sorted(rows.items()):
+            counts.setdefault(dataset, {})[split] = {"clips": len(clips[dataset, split]), "rows": n}
+        summary = {**self.metadata, "column": self.column, "shape": self.shape,
+                   "value_type": str(self.tensor_type.value_type), "counts": counts}  # fmt: skip
+        write_json(summary, self.root / METADATA)
+        return summary, failed
+
+    def size_mb(self) -> float:
+        return round(sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file()) / 1e6, 3)
+
+
+def read_metadata(root: Path) -> dict[str, Any]:
+    path = Path(root) / METADATA
+    if not path.exists():
+        raise PipelineError(f"{root} is not a feature dataset: {METADATA} is missing")
+    return json.loads(path.read_text())
+
+
+def open_table(root: Path, dataset: str | None = None, split: str | None = None,
+               columns: list[str] | None = None) -> pa.Table:  # fmt: skip
+    """Rows of a feature dataset, optionally one dataset and/or split, in a stable order."""
+    data = pads.dataset(Path(root), format="parquet", partitioning="hive")
+    expr = None
+    for key, value in (("dataset", dataset), ("split", split)):
+        if value is not None:
+            term = pads.field(key) == value
+            expr = term if expr is None else expr & term
+    table = data.to_table(columns=columns, filter=expr)
+    order = [(k, "ascending") for k in ("dataset", "split", "clip_id", "index") if k in table.column_names]
+    return table.sort_by(order) if order else table
+
+
+def tensor_column(table: pa.Table, column: str) -> torch.Tensor:
+    """A fixed_shape_tensor column as one tensor: one bulk copy out of Arrow, no per-row work."""
+    chunks = table.column(column).chunks
+    if not chunks:
+        value_type = table.schema.field(column).type
+        return torch.from_numpy(np.empty((0, *value_type.shape), dtype=value_type.value_type.to_pandas_dtype()))
+    return torch.from_numpy(np.concatenate([c.to_numpy_ndarray() for c in chunks]))
+
+
+class FeatureDataset(torch.utils.data.Dataset):
+    """A feature dataset in memory as tensors; indexing with a list of rows gathers a batch at once.
+
+    `classes` turns the labels into multi-hot targets (rows x classes); labels outside it are ignored.
+    """
+
+    def __init__(self, root: Path, column: str, dataset: str | None = None, split: str | None = None,
+                 classes: Sequence[str] | None = None) -> None:  # fmt: skip
+        table = open_table(root, dataset, split)
+        self.metadata = read_metadata(root)
+        self.features = tensor_column(table, column)
+        self.rows = table.drop_columns([column])
+        self.classes = list(classes or [])
+        self.targets = torch.zeros(len(self.features), len(self.classes))
+        if self.classes:
+            position = {c: i for i, c in enumerate(self.classes)}
+            for row, labels in enumerate(self.rows.column("labels").to_pylist()):
+                for label in labels:
+                    if label in position:
+                        self.targets[row, position[label]] = 1.0
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int | Sequence[int] | torch.Tensor) -> dict[str, torch.Tensor]:
+        rows = torch.as_tensor(index, dtype=torch.long)
+        return {"features": self.features[rows], "targets": self.targets[rows], "row": rows}
+
+
+def loader(data: FeatureDataset, batch_size: int, shuffle: bool = False, seed: int = 0,
+           drop_last: bool = False) -> torch.utils.data.DataLoader:  # fmt: skip
+    """Batches gathered by tensor indexing (a BatchSampler feeds whole index lists), seeded shuffling."""
+    generator = torch.Generator().manual_seed(seed)
+    order = (torch.utils.data.RandomSampler(data, generator=generator) if shuffle
+             else torch.utils.data.SequentialSampler(data))  # fmt: skip
+    batches = torch.utils.data.BatchSampler(order, batch_size, drop_last)
+    return torch.utils.data.DataLoader(data, sampler=batches, batch_size=None)
+

@@ -1,0 +1,139 @@
+"""Audio in, log-magnitude spectrogram frames out: decode, mono, soxr resample, torch STFT + filterbank.
+
+Framing is VGGish's (mel_features.py): frame f covers samples [f * hop, f * hop + win_length),
+with no centring padding, so a clip of n samples has 1 + (n - win_length) // hop frames. The
+magnitude (not power) spectrum goes through the filterbank, then log(x + log_offset).
+"""
+
+from __future__ import annotations
+
+import librosa
+import numpy as np
+import soxr
+import torch
+import torch.nn.functional as F
+
+from tasks.audio import AudioError, decode_flac
+from tasks.config import AudioChecks, FrontEndConfig
+
+
+def frame_count(n_samples: int, cfg: FrontEndConfig) -> int:
+    return 0 if n_samples < cfg.win_length else 1 + (n_samples - cfg.win_length) // cfg.hop_length
+
+
+def filterbank(cfg: FrontEndConfig) -> np.ndarray:
+    """bands x (n_fft // 2 + 1) triangles; mel uses librosa's HTK-formula bank without area normalisation."""
+    if cfg.scale == "mel":
+        return librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_bands, fmin=cfg.fmin,
+                                   fmax=cfg.fmax, htk=True, norm=None, dtype=np.float32)  # fmt: skip
+    # Triangles centred on n_bands evenly spaced frequencies from fmin to fmax: the raw spectrogram
+    # resampled to n_bands rows, as SoX draws it (with rows on the FFT bins it is the raw spectrogram).
+    step = (cfg.fmax - cfg.fmin) / max(cfg.n_bands - 1, 1)
+    edges = np.linspace(cfg.fmin - step, cfg.fmax + step, cfg.n_bands + 2)
+    bins = np.fft.rfftfreq(cfg.n_fft, 1.0 / cfg.sample_rate)
+    rising = (bins[None, :] - edges[:-2, None]) / (edges[1:-1, None] - edges[:-2, None])
+    falling = (edges[2:, None] - bins[None, :]) / (edges[2:, None] - edges[1:-1, None])
+    return np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+
+
+# Frames per STFT call on CPU: the complex spectrum of a chunk stays in cache, which makes a
+# long clip about 2.5x faster than one call over all of it (measured: 15 min, 0.30 -> 0.12 s).
+CPU_CHUNK_FRAMES = 256
+
+
+class Spectrogram(torch.nn.Module):
+    """Batched log spectrogram: waves (..., samples) -> (..., frames, bands), on CPU or GPU."""
+
+    def __init__(self, cfg: FrontEndConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("window", torch.hann_window(cfg.win_length, periodic=True), persistent=False)
+        self.register_buffer("bank", torch.from_numpy(filterbank(cfg)).T.contiguous(), persistent=False)
+        # torch.stft centres a short window inside the n_fft frame; padding by half the difference
+        # puts frame f's window at [f * hop, f * hop + win_length), as VGGish frames it.
+        self.pad = (cfg.n_fft - cfg.win_length) // 2
+
+    @torch.inference_mode()
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        lead = wave.shape[:-1]
+        flat = wave.reshape(-1, wave.shape[-1]).to(self.window.dtype)
+        if flat.shape[-1] < cfg.win_length:
+            return flat.new_empty((*lead, 0, cfg.n_bands))
+        if self.pad:
+            flat = F.pad(flat, (self.pad, self.pad))
+        n_frames = 1 + (flat.shape[-1] - cfg.n_fft) // cfg.hop_length
+        out = flat.new_empty((flat.shape[0], n_frames, cfg.n_bands))
+        step = n_frames if flat.is_cuda else CPU_CHUNK_FRAMES
+        for first in range(0, n_frames, step):
+            last = min(n_frames, first + step)
+            segment = flat[:, first * cfg.hop_length : (last - 1) * cfg.hop_length + cfg.n_fft]
+            spec = torch.stft(segment, cfg.n_fft, cfg.hop_length, cfg.win_length, self.window, center=False,
+                              return_complex=True).abs()  # fmt: skip
+            out[:, first:last] = torch.log(spec.transpose(1, 2) @ self.bank + cfg.log_offset)
+        return out.reshape(*lead, n_frames, cfg.n_bands)
+
+
+FULL_SCALE = 32768  # int16 samples per unit of float amplitude
+
+
+def check_audio(samples: np.ndarray, checks: AudioChecks) -> None:
+    """Raise AudioError for audio no feature should be computed from (frames x channels, int16 or float)."""
+    scale = FULL_SCALE if samples.dtype == np.int16 else 1.0
+    if scale == 1.0 and not np.isfinite(samples).all():
+        raise AudioError("nonfinite", "samples hold NaN or infinity")
+    # max / -min, not abs(): abs(-32768) overflows int16.
+    peak = max(float(samples.max()), -float(samples.min())) / scale if samples.size else 0.0
+    if peak < checks.silence_peak:
+        raise AudioError("silent", f"peak {peak:.2g} is below silence_peak {checks.silence_peak:g}")
+    level = checks.clip_level * scale
+    if peak * scale < level:
+        return  # nothing reaches the clip level: no need to count
+    clipped = (np.count_nonzero(samples >= level) + np.count_nonzero(samples <= -level)) / samples.size
+    if clipped > checks.max_clipped_share:
+        raise AudioError("clipped", f"{clipped:.1%} of samples at or above {checks.clip_level:g} full scale "
+                                    f"(max_clipped_share {checks.max_clipped_share:.1%})")  # fmt: skip
+
+
+def to_mono(pcm: np.ndarray) -> np.ndarray:
+    """int16 frames x channels -> float32 mono in [-1, 1]: the channels' mean, channel by channel.
+
+    Column sums are an order of magnitude faster than mean(axis=1) over a 2-wide inner axis.
+    """
+    mono = pcm[:, 0].astype(np.float32)
+    for channel in range(1, pcm.shape[1]):
+        mono += pcm[:, channel]
+    mono *= np.float32(1.0 / (FULL_SCALE * pcm.shape[1]))
+    return mono
+
+
+def load_audio(blob: bytes, sample_rate: int, checks: AudioChecks) -> np.ndarray:
+    """FLAC blob -> checked mono float32 at `sample_rate` (soxr HQ, as librosa.load uses).
+
+    The store's FLAC is 16-bit: decoding to int16 skips libsndfile's float conversion.
+    """
+    pcm, rate = decode_flac(blob, dtype="int16")
+    check_audio(pcm, checks)
+    mono = to_mono(pcm)
+    if rate != sample_rate:
+        mono = soxr.resample(mono, rate, sample_rate, quality="HQ")
+    if mono.size < checks.min_seconds * sample_rate:
+        raise AudioError("too_short", f"{mono.size / sample_rate:.3f} s is shorter than min_seconds "
+                                      f"{checks.min_seconds:g}")  # fmt: skip
+    return mono
+
+
+def isolate_vocals(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Foreground (voice) by nearest-neighbour filtering, librosa's documented vocal-separation recipe.
+
+    Repeating accompaniment is what similar frames share; the soft mask keeps what they do not.
+    """
+    magnitude, phase = librosa.magphase(librosa.stft(samples, n_fft=2048, hop_length=512))
+    if magnitude.shape[1] < 3:
+        return samples  # too short for neighbours to tell voice from accompaniment
+    # Neighbours at least 2 s apart, as the recipe has it, or as far apart as a short clip allows.
+    width = min(int(librosa.time_to_frames(2.0, sr=sample_rate, hop_length=512)), (magnitude.shape[1] - 1) // 2)
+    background = np.minimum(magnitude, librosa.decompose.nn_filter(magnitude, aggregate=np.median,
+                                                                   metric="cosine", width=width))  # fmt: skip
+    mask = librosa.util.softmask(magnitude - background, 10 * background, power=2)
+    return librosa.istft(mask * magnitude * phase, hop_length=512, length=samples.size).astype(np.float32)

@@ -1,0 +1,142 @@
+"""The loop both feature stages share: raw store shards in, feature shards out, failures recorded."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from tasks.audio import AudioError
+from tasks.config import ConfigError, FeatureStoreConfig
+from tasks.features.dataset import Block, FeatureStore, InputShard, plan_inputs
+from tasks.progress import Progress, Tally
+from tasks.storage import Failure, check_failure_share, write_json
+
+log = logging.getLogger("tasks")
+T = TypeVar("T")
+
+# Decoding, resampling and the STFT release the GIL, so threads overlap them; more than the
+# cores only adds memory.
+WORKERS = max(1, min(8, os.cpu_count() or 1))
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Intra-op threads for a block: 1 where clips already run in parallel on WORKERS threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def resolve_device(device: str, section: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{section}.device: 'cuda' was asked for but torch sees no GPU")
+    return torch.device(device)
+
+
+def _guarded(fn: Callable[[int, bytes], T], index: int, blob: bytes, sha256: str) -> T | AudioError:
+    try:
+        if hashlib.sha256(blob).hexdigest() != sha256:
+            raise AudioError("checksum", "audio bytes do not match the manifest's sha256")
+        return fn(index, blob)
+    except AudioError as exc:
+        return exc
+
+
+def map_clips(shard: InputShard, fn: Callable[[int, bytes], T], progress: Progress,
+              ) -> Iterator[tuple[int, T | AudioError]]:  # fmt: skip
+    """fn(manifest row, FLAC bytes) over the shard's clips on a few threads, in shard order.
+
+    At most 2 x WORKERS clips are in flight, so memory stays bounded by a few clips.
+    """
+    position = {clip_id: i for i, clip_id in enumerate(shard.ids)}
+    seen: set[int] = set()
+    with ThreadPoolExecutor(WORKERS) as pool:
+        pending: deque[tuple[int, Future[T | AudioError]]] = deque()
+        for clip_id, blob in shard.blobs():
+            if clip_id not in position:
+                continue  # not in the manifest: the store's finalize dropped it
+            i = position[clip_id]
+            seen.add(i)
+            pending.append((i, pool.submit(_guarded, fn, i, blob, shard.sha256[i])))
+            if len(pending) >= 2 * WORKERS:
+                i, future = pending.popleft()
+                progress.update()
+                yield i, future.result()
+        while pending:
+            i, future = pending.popleft()
+            progress.update()
+            yield i, future.result()
+    for i in sorted(set(range(len(shard.ids))) - seen):
+        progress.update()
+        yield i, AudioError("missing", f"{shard.path.name} holds no audio for this clip")
+
+
+def build_features(
+    stage: str,
+    store_cfg: FeatureStoreConfig,
+    datasets: list[str],
+    default_splits: dict[str, str],
+    root: Path,
+    store: FeatureStore,
+    process: Callable[[InputShard, Progress], tuple[list[Block], list[Failure]]],
+    extra_metrics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run `process` over every input shard not already done; write metrics; fail past the share."""
+    shards = [s for d in datasets for s in plan_inputs(root / store_cfg.raw_dir, d, default_splits)]
+    store.root.mkdir(parents=True, exist_ok=True)
+    store.remove_partial_files()
+    tally = Tally(stage)
+    # One shard is written in the background while the next is computed; at most one waits.
+    with Progress(sum(len(s.ids) for s in shards), f"{stage} clips", "clip") as progress, \
+            ThreadPoolExecutor(1) as writer:  # fmt: skip
+        writing: Future[None] | None = None
+        for shard in shards:
+            if store.shard_done(shard):
+                tally.add("skipped", len(shard.ids))
+                progress.update(len(shard.ids))
+                continue
+            blocks, failures = process(shard, progress)
+            if writing is not None:
+                writing.result()
+            writing = writer.submit(store.write_shard, shard, blocks, failures)
+            tally.add("done", len(blocks))
+            for failed in failures:
+                tally.add("failed", reason=failed.reason)
+        if writing is not None:
+            writing.result()
+    summary, failed = store.finalize(shards)
+    counts = summary["counts"]
+    metrics = {
+        "clips": sum(e["clips"] for splits in counts.values() for e in splits.values()),
+        "rows": sum(e["rows"] for splits in counts.values() for e in splits.values()),
+        "failed": failed.num_rows,
+        "failed_by_reason": dict(sorted(Counter(failed.column("reason").to_pylist()).items())),
+        "per_dataset": counts,
+        "shape": summary["shape"],
+        "mb": store.size_mb(),
+        "params_hash": summary["params_hash"],
+        **(extra_metrics or {}),
+    }
+    write_json(metrics, root / store_cfg.metrics_file)
+    log.info(tally.summary())
+    n_clips = sum(len(s.ids) for s in shards)
+    check_failure_share(failed.num_rows, n_clips, store_cfg.max_failure_share, stage)
+    return metrics
+
+
+def failure(shard: InputShard, index: int, stage: str, exc: AudioError) -> Failure:
+    return Failure(shard.ids[index], f"{shard.dataset}/{shard.path.name}", stage, exc.reason, str(exc))

@@ -1,0 +1,322 @@
+"""AudioSet downloads with the real yt-dlp and ffmpeg against the loopback mirror, with injected faults."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tasks.audio import decode_flac
+from tasks.audioset.classify import classify
+from tasks.audioset.download import (
+    Credentials,
+    ShardPaused,
+    acquire_audioset,
+    download_shard,
+    finalize_audioset,
+    plan_audioset,
+)
+from tasks.audioset.select import select_audioset
+from tasks.config import apply_overrides, section_config
+from tasks.mirror.audioset import MEDIA_DIR, MEDIA_EXT, plan_rows
+from tasks.mirror.cli import audioset_overrides
+from tasks.mirror.server import Fault, MirrorServer
+
+from .conftest import PROJECT, SMALL
+
+# Fast, not polite: the mirror is ours. Short timeouts so a stalled server is found quickly.
+FAST = ["acquire_audioset.min_interval_s=0", "acquire_audioset.jitter_s=0", "acquire_audioset.backoff_s=0.01",
+        "acquire_audioset.socket_timeout_s=1", "acquire_audioset.attempts=3", "acquire_audioset.concurrency=2",
+        "acquire_audioset.stop_loss.after=50"]  # fmt: skip
+
+
+def media(ytid: str) -> str:
+    return f"/{MEDIA_DIR}/{ytid}.{MEDIA_EXT}"
+
+
+def kinds() -> dict[str, list[str]]:
+    """Selected ytids of the test corpus by what their video does (independent of the downloader)."""
+    rows = plan_rows(SMALL.seed, SMALL.audioset_per_class, SMALL.audioset_missing, SMALL.audioset_segment_seconds,
+                     SMALL.audioset_media_seconds)  # fmt: skip
+    moods = {"/t/dd00031", "/t/dd00033", "/t/dd00036", "/t/dd00037"}
+    out: dict[str, list[str]] = {}
+    for r in rows:
+        if len(set(r.labels) & moods) == 1:
+            out.setdefault(r.media, []).append(r.ytid)
+    return out
+
+
+class Setup:
+    def __init__(self, params: dict, corpus: tuple[Path, dict[str, str]], server: MirrorServer, root: Path) -> None:
+        self.params, self.files, self.server, self.root = params, corpus[1], server, root
+        select_audioset(self.select_cfg(), root)
+
+    def overrides(self, *extra: str) -> list[str]:
+        return [*audioset_overrides(self.server.url, self.files), *FAST, *extra]
+
+    def select_cfg(self):
+        return section_config(apply_overrides(self.params, self.overrides()), "select_audioset")
+
+    def cfg(self, *extra: str):
+        return section_config(apply_overrides(self.params, self.overrides(*extra)), "acquire_audioset")
+
+    def hits(self, ytid: str) -> int:
+        return sum(1 for path, _ in self.server.requests if path == media(ytid))
+
+    def media_requests(self) -> int:
+        return sum(1 for path, _ in self.server.requests if path.startswith(f"/{MEDIA_DIR}/"))
+
+
+@pytest.fixture
+def setup(params: dict, corpus: tuple[Path, dict[str, str]], tmp_path: Path):
+    with MirrorServer(corpus[0]) as server:
+        yield Setup(params, corpus, server, tmp_path)
+
+
+def read(root: Path, name: str) -> list[dict]:
+    return pq.read_table(root / "data/raw/audioset" / name).to_pylist()
+
+
+def test_every_fault_lands_in_its_class_and_the_run_goes_on(setup: Setup) -> None:
+    k = kinds()
+    ok = k["mood"]
+    throttled, reset_once, reset_always, truncated, slow, limited = ok[:6]
+    setup.server.add_fault(media(throttled), Fault("status", 429, {"Retry-After": "2"}))
+    # The first request is yt-dlp sniffing the link; the next ones are ffmpeg fetching the section.
+    setup.server.add_fault(media(reset_once), Fault("delay", seconds=0))
+    setup.server.add_fault(media(reset_once), Fault("reset", after_bytes=2000))
+    setup.server.add_fault(media(reset_always), Fault("reset", after_bytes=100), times=20)
+    setup.server.add_fault(media(truncated), Fault("delay", seconds=0))
+    setup.server.add_fault(media(truncated), Fault("truncate", after_bytes=3000), times=20)
+    setup.server.add_fault(media(slow), Fault("delay", seconds=2.5))  # past socket_timeout_s=1
+    setup.server.add_fault(media(limited), Fault("status", 429), times=20)
+    waits: list[float] = []
+    metrics = acquire_audioset_with(setup, waits.append)
+
+    failed = {r["id"].rsplit("_", 1)[0]: r for r in read(setup.root, "failures.parquet")}
+    reasons = {ytid: (r["reason"], r["attempts"]) for ytid, r in failed.items()}
+    assert reasons == {
+        k["none"][0]: ("unavailable", 1),  # HTTP 404: permanent, asked once
+        k["short"][0]: ("duration_mismatch", 1),
+        k["silent"][0]: ("silent", 1),
+        reset_always: ("network", 3),
+        truncated: ("network", 3),
+        limited: ("rate_limited", 3),
+    }
+    assert "HTTP Error 404" in failed[k["none"][0]]["message"]
+    stored = {r["ytid"] for r in read(setup.root, "manifest.parquet")}
+    assert {throttled, reset_once, slow} <= stored  # transient once, then fetched
+    assert setup.hits(throttled) >= 2 and setup.hits(slow) >= 2 and setup.hits(reset_once) >= 3
+    assert 2.0 in waits  # Retry-After honoured (over the 0.01 s backoff)
+    assert metrics["clips"] == len(stored) == 14 - 6 and metrics["failed"] == 6
+    assert metrics["failed_by_reason"] == {"duration_mismatch": 1, "network": 2, "rate_limited": 1, "silent": 1,
+                                           "unavailable": 1}  # fmt: skip
+    assert sum(c["selected"] for c in metrics["per_split"].values()) == 14
+
+
+def acquire_audioset_with(setup: Setup, sleep, *extra: str) -> dict:
+    """The stage's three steps with a recording sleep (backoff waits are checked, not slept)."""
+    cfg = setup.cfg("acquire_audioset.store.max_failure_share=0.5", *extra)
+    for index in plan_audioset(cfg, setup.root):
+        download_shard(cfg, setup.root, index, Credentials(), sleep=sleep)
+    return finalize_audioset(cfg, setup.root)
+
+
+def test_stored_clips_are_verified_16k_mono_sections(setup: Setup) -> None:
+    metrics = acquire_audioset(setup.cfg("acquire_audioset.store.shard_rows=5"), setup.root)
+    assert metrics["failed_by_reason"] == {"duration_mismatch": 1, "silent": 1, "unavailable": 1}
+    manifest = pq.read_table(setup.root / "data/raw/audioset/manifest.parquet").to_pandas()
+    assert {"ytid", "start_s", "end_s", "split", "labels", "class_ids", "shard"} <= set(manifest.columns)
+    assert set(manifest.shard) == {"part-00000.parquet", "part-00001.parquet", "part-00002.parquet"}
+    assert (manifest.sample_rate == 16000).all() and (manifest.channels == 1).all()
+    assert ((manifest.duration_s - SMALL.audioset_segment_seconds).abs() < 0.1).all()
+    assert set(manifest.split) == {"train", "test"} and all(len(x) == 1 for x in manifest.labels)
+    row = pq.read_table(setup.root / "data/raw/audioset/shards/part-00000.parquet").slice(0, 1).to_pylist()[0]
+    samples, rate = decode_flac(row["audio"])
+    assert rate == 16000 and samples.shape == (row["frames"], 1) and abs(samples).max() > 0.01
+    # Only the section was fetched: ffmpeg asks for byte ranges, never a plain whole-file GET after the sniff.
+    ranged = [r for p, r in setup.server.requests if p == media(row["ytid"])]
+    assert ranged[0] is None and all(r and r.startswith("bytes=") for r in ranged[1:])
+    assert yaml.safe_load((setup.root / "metrics/acquire_audioset.json").read_text())["clips"] == 11
+
+
+def test_rerun_downloads_nothing_and_permanent_failures_are_remembered(setup: Setup) -> None:
+    cfg = setup.cfg()
+    acquire_audioset(cfg, setup.root)
+    before = [setup.root / "data/raw/audioset" / n for n in ("manifest.parquet", "failures.parquet")]
+    snapshot = [p.read_bytes() for p in before]
+    n = setup.media_requests()
+    # Even with the stored shards gone (as after a `dvc repro` that wipes outputs), the 404 is not asked again.
+    for part in (setup.root / "data/raw/audioset/failures").glob("*.parquet"):
+        part.unlink()
+    acquire_audioset(cfg, setup.root)
+    assert setup.media_requests() == n
+    assert [p.read_bytes() for p in before] == snapshot
+
+
+def test_transient_failures_are_retried_on_the_next_run(setup: Setup) -> None:
+    target = kinds()["mood"][0]
+    setup.server.add_fault(media(target), Fault("status", 503), times=3)
+    metrics = acquire_audioset(setup.cfg(), setup.root)
+    assert metrics["failed_by_reason"]["network"] == 1
+    metrics = acquire_audioset(setup.cfg(), setup.root)
+    assert "network" not in metrics["failed_by_reason"] and metrics["clips"] == 11
+
+
+def test_changing_the_shard_size_refetches_nothing(setup: Setup) -> None:
+    first = acquire_audioset(setup.cfg("acquire_audioset.store.shard_rows=4"), setup.root)
+    n = setup.media_requests()
+    ids = read(setup.root, "manifest.parquet")
+    second = acquire_audioset(setup.cfg("acquire_audioset.store.shard_rows=3"), setup.root)
+    assert setup.media_requests() == n
+    assert first["per_class"] == second["per_class"]
+    again = read(setup.root, "manifest.parquet")
+    assert sorted((r["id"], r["sha256"]) for r in again) == sorted((r["id"], r["sha256"]) for r in ids)
+    assert len(list((setup.root / "data/raw/audioset/shards").glob("*.parquet"))) == 5
+
+
+def test_stop_loss_pauses_the_shard_instead_of_burning_the_list(setup: Setup) -> None:
+    ok = kinds()["mood"]
+    for ytid in ok:
+        setup.server.add_fault(media(ytid), Fault("status", 429, {"Retry-After": "1"}), times=50)
+    cfg = setup.cfg("acquire_audioset.stop_loss.after=3", "acquire_audioset.stop_loss.max_pauses=1",
+                    "acquire_audioset.stop_loss.pause_s=0.05", "acquire_audioset.concurrency=1")  # fmt: skip
+    plan_audioset(cfg, setup.root)
+    with pytest.raises(ShardPaused, match="stop-loss"):
+        download_shard(cfg, setup.root, 0, Credentials(), sleep=lambda s: None)
+    limited = sum(1 for p, _ in setup.server.requests if p in {media(y) for y in ok})
+    assert limited == 6  # 3 in a row, a pause, 3 more: then it stops, with most of the list untouched
+    assert not (setup.root / "data/raw/audioset/shards").exists()
+    setup.server.faults.clear()
+    metrics = acquire_audioset(cfg, setup.root)
+    assert metrics["clips"] == 11
+
+
+def test_kill_mid_shard_leaves_no_partial_output_and_retry_refetches_nothing(
+    params: dict, corpus: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    with MirrorServer(corpus[0], latency_s=0.15) as server:  # slow enough to be killed mid-shard
+        setup = Setup(params, corpus, server, tmp_path)
+        overrides = setup.overrides("acquire_audioset.concurrency=1")
+        params_file = tmp_path / "params.yaml"
+        params_file.write_text(yaml.safe_dump(apply_overrides(params, overrides)))
+        proc = subprocess.Popen([sys.executable, "-m", "tasks", "acquire_audioset", "--root", str(tmp_path),
+                                 "--params", str(params_file)], cwd=PROJECT, stderr=subprocess.DEVNULL,
+                                start_new_session=True)  # fmt: skip
+        state = tmp_path / ".cache/audioset/state.sqlite"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and _staged(state) < 3:
+            assert proc.poll() is None, "the stage finished before it could be killed"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        store = tmp_path / "data/raw/audioset"
+        assert not (store / "shards").exists() and not (store / "manifest.parquet").exists()
+        fetched = {p for p, r in server.requests if p.startswith(f"/{MEDIA_DIR}/") and r is None}
+        before = {p: sum(1 for q, _ in server.requests if q == p) for p in fetched}
+        metrics = acquire_audioset(setup.cfg(), tmp_path)
+        assert metrics["clips"] == 11
+        staged_paths = {media(r["ytid"]) for r in read(tmp_path, "manifest.parquet")} & fetched
+        assert len(staged_paths) >= 3
+        # Clips verified before the kill were not fetched again (one in flight at the kill may be).
+        refetched = [p for p in staged_paths if sum(1 for q, _ in server.requests if q == p) > before[p]]
+        assert len(refetched) <= 1
+        assert not list(tmp_path.rglob(".*.tmp-*")) and not list((tmp_path / ".cache/audioset/tmp").rglob("*.wav"))
+        n = len(server.requests)
+        acquire_audioset(setup.cfg(), tmp_path)
+        assert len(server.requests) == n
+
+
+def _staged(path: Path) -> int:
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(path, timeout=1) as db:
+            return db.execute("SELECT count(*) FROM staged").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_invalid_id_in_the_selection_never_reaches_a_url(setup: Setup) -> None:
+    path = setup.root / "data/audioset/selection.parquet"
+    table = pq.read_table(path).to_pylist()
+    table[0]["ytid"] = "../../x?y=1"
+    pq.write_table(pa.Table.from_pylist(table, schema=pq.read_schema(path)), path)
+    acquire_audioset(setup.cfg(), setup.root)
+    bad = [r for r in read(setup.root, "failures.parquet") if r["reason"] == "invalid_id"]
+    assert len(bad) == 1 and bad[0]["attempts"] == 0 and "11 characters" in bad[0]["message"]
+    assert not any(".." in p for p, _ in setup.server.requests)
+
+
+def test_proxy_and_cookies_are_used_and_never_logged(setup: Setup, corpus, caplog, monkeypatch) -> None:
+    cookies = setup.root / "cookies.txt"
+    cookies.write_text("# Netscape HTTP Cookie File\n127.0.0.1\tFALSE\t/\tFALSE\t0\tSID\tsecret-cookie\n")
+    original = cookies.read_bytes()
+    with MirrorServer(corpus[0]) as proxy:
+        host, port = proxy.server_address[:2]
+        monkeypatch.setenv("AUDIOSET_COOKIES_FILE", str(cookies))
+        monkeypatch.setenv("AUDIOSET_PROXY", f"http://user:s3cret-pass@{host}:{port}")
+        creds = Credentials.from_env(section_config(apply_overrides(setup.params, setup.overrides()),
+                                                    "acquire_audioset").credentials)  # fmt: skip
+        assert "s3cret" not in repr(creds) and "cookies" not in repr(creds).replace("cookies=set", "")
+        cfg = setup.cfg()
+        plan_audioset(cfg, setup.root)
+        download_shard(cfg, setup.root, 0)
+        assert any(p.startswith(f"/{MEDIA_DIR}/") for p, _ in proxy.requests)  # the proxy carried the downloads
+    text = caplog.text + "".join(str(r) for r in read(setup.root, "failures/part-00000.parquet"))
+    assert "s3cret" not in text and "secret-cookie" not in text
+    assert cookies.read_bytes() == original  # yt-dlp wrote back to its own copy
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        ("ERROR: [youtube] abc: Video unavailable", "unavailable"),
+        ("ERROR: [youtube] abc: Private video. Sign in if you've been granted access to this video", "private"),
+        ("ERROR: [youtube] abc: This video has been removed by the uploader", "removed"),
+        ("ERROR: [youtube] abc: Video unavailable. This video is no longer available because the YouTube account "
+         "associated with this video has been terminated.", "removed"),
+        ("ERROR: [youtube] abc: Sign in to confirm your age. This video may be inappropriate for some users.",
+         "sign_in_required"),
+        ("ERROR: [youtube] abc: Sign in to confirm you\u2019re not a bot. Use --cookies-from-browser", "bot_check"),
+        ("ERROR: [youtube] abc: Video unavailable. The uploader has not made this video available in your country",
+         "geo_blocked"),
+        ("ERROR: [youtube] abc: Join this channel to get access to members-only content", "private"),
+        ("ERROR: ffmpeg exited with code 1", "network"),
+    ],
+)
+def test_youtube_messages_are_classified(message: str, reason: str) -> None:
+    from yt_dlp.utils import DownloadError, ExtractorError
+
+    exc = DownloadError(message, (ExtractorError, ExtractorError(message, expected=True), None))
+    assert classify(exc).reason == reason
+
+
+def test_structured_errors_and_retry_after_forms() -> None:
+    from email.utils import format_datetime
+
+    from yt_dlp.utils import DownloadError, GeoRestrictedError, PostProcessingError
+
+    from tasks.audioset.classify import retry_after
+
+    def wrapped(exc: Exception) -> DownloadError:
+        return DownloadError(f"ERROR: {exc}", (type(exc), exc, None))
+
+    assert classify(wrapped(PostProcessingError("audio conversion failed: bad input"))).reason == "postprocessing"
+    assert classify(wrapped(GeoRestrictedError("The uploader has not made this video available"))).reason == (
+        "geo_blocked"
+    )
+    assert classify(TimeoutError("read timed out")).reason == "network"
+    assert retry_after("120") == 120.0 and retry_after(None) is None and retry_after("soon") is None
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=90), usegmt=True)
+    assert 80 < retry_after(later) <= 90
