@@ -24,6 +24,18 @@ class FetchError(PipelineError):
     """The source could not be fetched or failed verification; names the URL."""
 
 
+class HttpStatusError(FetchError):
+    """The server answered with an error status."""
+
+    def __init__(self, url: str, status: int, reason: str) -> None:
+        super().__init__(f"{url}: HTTP {status} {reason}")
+        self.status = status
+
+    @property
+    def transient(self) -> bool:
+        return self.status >= 500 or self.status in (408, 429)
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -58,7 +70,7 @@ def _http_download(url: str, part: Path, timeout: float) -> None:
         if resp.status_code == 416:  # already complete
             return
         if resp.status_code not in (200, 206):
-            raise FetchError(f"{url}: HTTP {resp.status_code} {resp.reason}")
+            raise HttpStatusError(url, resp.status_code, resp.reason)
         if have and resp.status_code == 200:
             have = 0  # server ignored the Range header: start over
         expected = resp.headers.get("Content-Length")
@@ -95,7 +107,7 @@ def fetch(cfg: DownloadConfig, root: Path) -> Path:
             _http_download(cfg.url, part, cfg.timeout_s)
             break
         except (requests.RequestException, FetchError) as exc:
-            if attempt == cfg.attempts or (isinstance(exc, FetchError) and "HTTP 4" in str(exc)):
+            if attempt == cfg.attempts or (isinstance(exc, HttpStatusError) and not exc.transient):
                 raise FetchError(f"{cfg.url}: download failed after {attempt} attempt(s): {exc}") from exc
             wait = min(2.0**attempt, 30.0)
             log.warning("%s: attempt %d failed (%s); resuming in %.0f s", cfg.url, attempt, exc, wait)

@@ -59,8 +59,16 @@ def test_truncated_download_fails_its_checksum(server: MirrorServer, tmp_path: P
 
 
 def test_http_errors_name_the_url(server: MirrorServer, tmp_path: Path) -> None:
-    with pytest.raises(FetchError, match=r"/missing.zip: .*HTTP 404"):
+    with pytest.raises(FetchError, match=r"/missing.zip: .*after 1 attempt\(s\).*HTTP 404"):
         fetch(cfg(f"{server.url}/missing.zip"), tmp_path)
+    assert [p for p, _ in server.requests] == ["/missing.zip"]  # a 404 is final: not asked again
+
+
+def test_rate_limit_is_transient_and_retried(server: MirrorServer, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("tasks.fetch.time.sleep", lambda s: None)
+    server.add_fault("data.bin", Fault("status", status=429, headers={"Retry-After": "1"}), times=2)
+    assert fetch(cfg(f"{server.url}/data.bin"), tmp_path).read_bytes() == PAYLOAD
+    assert len([p for p, _ in server.requests if p == "/data.bin"]) == 3
 
 
 def test_persistent_server_errors_give_up_after_the_attempts(server: MirrorServer, tmp_path: Path, monkeypatch):
