@@ -6,8 +6,9 @@ Prints, side by side:
   (a) features_slices (read shard + decode + resample + log-mel + slices + write Parquet), clips/s,
       against a plain per-clip librosa loop doing the same work (librosa.load at 16 kHz,
       melspectrogram with the same settings, log): goal >= 3x;
-  (b) the same against the decode-only rate of those clips (FLAC -> float32), sequential and on
-      the stage's thread count: goal >= 0.5x;
+  (b) the same against the decode-only rate of those clips (FLAC -> int16 samples) with the stage's
+      own decoder (dr_flac), sequential and on the stage's thread count: goal >= 0.5x; libsndfile's
+      rate (what librosa.load decodes with) is printed beside it;
   (c) VGGish examples/s on CPU per batch size (fp32), and on CUDA when torch sees one (fp32, bf16),
       plus the features_vggish stage end to end on 10 s clips.
 Each slices figure is the best of --repeats interleaved runs. Writes benchmarks/results/features.json.
@@ -30,6 +31,7 @@ from pathlib import Path
 import librosa
 import numpy as np
 import pyarrow.parquet as pq
+import soundfile as sf
 import torch
 
 from tasks.audio import decode_flac
@@ -78,13 +80,21 @@ def librosa_loop(data: list[bytes], fe: dict) -> None:
         np.log(mel + fe["log_offset"])
 
 
-def decode_all(data: list[bytes], workers: int) -> None:
+def decode_stage(blob: bytes) -> None:
+    decode_flac(blob, dtype="int16")  # as load_audio decodes
+
+
+def decode_sndfile(blob: bytes) -> None:
+    sf.read(io.BytesIO(blob), dtype="int16", always_2d=True)
+
+
+def decode_all(data: list[bytes], workers: int, decode: Callable[[bytes], object]) -> None:
     if workers == 1:
         for blob in data:
-            decode_flac(blob)
+            decode(blob)
         return
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(decode_flac, data))
+        list(pool.map(decode, data))
 
 
 def vggish_rates(batch_sizes: list[int], device: torch.device, dtype: torch.dtype, seconds: float) -> dict[int, float]:
@@ -110,7 +120,7 @@ def main() -> int:
     parser.add_argument("--songs", type=int, default=16, help="CAL500-like songs (30-60 s, stereo)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-sizes", default="1,8,32,128")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the best of each counts")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats; the best of each counts")
     parser.add_argument("--vggish-seconds", type=float, default=4.0, help="time per VGGish measurement")
     parser.add_argument("--out", type=Path, default=PROJECT / "benchmarks/results/features.json")
     args = parser.parse_args()
@@ -130,13 +140,14 @@ def main() -> int:
 
         print("warming up (librosa compiles numba code on first use) ...", flush=True)
         librosa_loop(data[:2], fe)
-        decode_all(data[:2], 1)
+        decode_all(data[:2], 1, decode_stage)
         features_slices(section_config(apply_overrides(params, [f"features_slices.store.out_dir={root / 'warm'}",
                                                                 "features_slices.datasets=[ravdess]"]),
                                        "features_slices"), root)  # fmt: skip
 
         # Interleaved repeats, best of each: other load on a shared machine only ever adds time.
-        runs: dict[str, list[float]] = {"stage": [], "stage_1": [], "librosa": [], "decode_1": [], "decode_n": []}
+        runs: dict[str, list[float]] = {"stage": [], "stage_1": [], "librosa": [], "decode_1": [], "decode_n": [],
+                                        "sndfile_1": [], "sndfile_n": []}  # fmt: skip
         for repeat in range(args.repeats):
             for key, workers in (("stage", WORKERS), ("stage_1", 1)):
                 out = f"features_slices.store.out_dir={root / f'{key}-{repeat}'}"
@@ -145,8 +156,9 @@ def main() -> int:
                 runs[key].append(timed(lambda cfg=cfg: features_slices(cfg, root)))
                 stage.WORKERS = WORKERS
             runs["librosa"].append(timed(lambda: librosa_loop(data, fe)))
-            runs["decode_1"].append(timed(lambda: decode_all(data, 1)))
-            runs["decode_n"].append(timed(lambda: decode_all(data, WORKERS)))
+            for key, decode in (("decode", decode_stage), ("sndfile", decode_sndfile)):
+                runs[f"{key}_1"].append(timed(lambda decode=decode: decode_all(data, 1, decode)))
+                runs[f"{key}_n"].append(timed(lambda decode=decode: decode_all(data, WORKERS, decode)))
         best = {k: min(v) for k, v in runs.items()}
 
         vcfg = section_config(apply_overrides(load_params(PROJECT / "params.yaml"), [
@@ -179,6 +191,7 @@ def main() -> int:
             "stage_vs_librosa": round(rate["stage"] / rate["librosa"], 2),
             "stage_vs_decode_parallel": round(rate["stage"] / rate["decode_n"], 2),
             "stage_vs_decode_sequential": round(rate["stage"] / rate["decode_1"], 2),
+            "stage_vs_sndfile_decode_parallel": round(rate["stage"] / rate["sndfile_n"], 2),
             "goals": {"stage_vs_librosa": 3.0, "stage_vs_decode": 0.5},
         },
         "vggish": {
@@ -195,12 +208,14 @@ def main() -> int:
     s = results["slices"]
     print(f"\n{n} clips, {audio_s / 60:.1f} min of audio (48 kHz mono clips, 44.1 kHz stereo songs); "
           f"best of {args.repeats} interleaved runs, {WORKERS} stage threads on {os.cpu_count()} cores")
-    print(f"{'':34}{'clips/s':>10}{'ratio':>10}")
-    print(f"{f'features_slices stage, {WORKERS} threads':34}{rate['stage']:>10.2f}{'1.00':>10}")
-    print(f"{'features_slices stage, 1 thread':34}{rate['stage_1']:>10.2f}{rate['stage_1'] / rate['stage']:>10.2f}")
-    print(f"{'librosa loop (load+mel+log)':34}{rate['librosa']:>10.2f}{rate['librosa'] / rate['stage']:>10.2f}")
-    print(f"{f'decode only, {WORKERS} threads':34}{rate['decode_n']:>10.2f}{rate['decode_n'] / rate['stage']:>10.2f}")
-    print(f"{'decode only, 1 thread':34}{rate['decode_1']:>10.2f}{rate['decode_1'] / rate['stage']:>10.2f}")
+    rows = [(f"features_slices stage, {WORKERS} threads", "stage"), ("features_slices stage, 1 thread", "stage_1"),
+            ("librosa loop (load+mel+log)", "librosa")]  # fmt: skip
+    for key, name in (("decode", "dr_flac"), ("sndfile", "libsndfile")):
+        rows += [(f"decode only, {name}, {label}", f"{key}_{suffix}")
+                 for label, suffix in ((f"{WORKERS} threads", "n"), ("1 thread", "1"))]  # fmt: skip
+    print(f"{'':36}{'clips/s':>10}{'stage / this':>14}")
+    for label, key in rows:
+        print(f"{label:36}{rate[key]:>10.2f}{rate['stage'] / rate[key]:>13.2f}x")
     print(f"stage vs librosa loop: {s['stage_vs_librosa']:.2f}x (goal >= 3x); stage vs decode-only: "
           f"{s['stage_vs_decode_parallel']:.2f}x on {WORKERS} threads, {s['stage_vs_decode_sequential']:.2f}x "
           f"sequential (goal >= 0.5x)")  # fmt: skip

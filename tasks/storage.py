@@ -81,11 +81,14 @@ class Failure:
     attempts: int = 1
 
 
-def atomic_write_table(table: pa.Table, path: Path, row_group_size: int | None = None) -> None:
-    """Write next to the target and rename, so readers never see a partial file."""
+def atomic_write_table(table: pa.Table, path: Path, row_group_size: int | None = None, **options: Any) -> None:
+    """Write next to the target and rename, so readers never see a partial file.
+
+    `options` go to pyarrow.parquet.write_table (encodings, dictionary columns).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")
+    pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd", **options)
     os.replace(tmp, path)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import soundfile as sf
 import torch
 
 from tasks.audio import AudioError, FlacBlob, decode_flac, encode_flac
@@ -259,6 +261,44 @@ def test_rerun_skips_done_shards_and_a_param_change_redoes_them(params: dict, ra
     fewer = features_slices(slices_cfg(params, tmp_path, "features_slices.datasets=[cal500]"), tmp_path)
     assert set(fewer["per_dataset"]) == {"cal500"}
     assert not (tmp_path / "slices" / "dataset=ravdess").exists()
+
+
+def lie_about_length(flac: bytes) -> bytes:
+    """STREAMINFO's 36-bit total-samples field (the low bits of bytes 21-25) set to its maximum."""
+    lied = bytearray(flac)
+    lied[21] |= 0x0F
+    lied[22:26] = b"\xff\xff\xff\xff"
+    return bytes(lied)
+
+
+def test_decoding_matches_libsndfile_and_accepts_zero_copy_views() -> None:
+    stereo = np.stack([music(1.3), music(1.3, seed=1) * 0.5], axis=1)
+    flac = encode_flac(stereo, 44100).data
+    reference = sf.read(io.BytesIO(flac), dtype="int16", always_2d=True)[0]
+    for view in (flac, memoryview(flac), pa.py_buffer(flac)):
+        pcm, rate = decode_flac(view, dtype="int16")
+        assert rate == 44100 and pcm.shape == (stereo.shape[0], 2) and np.array_equal(pcm, reference)
+    floats = sf.read(io.BytesIO(flac), dtype="float32", always_2d=True)[0]
+    assert np.array_equal(decode_flac(flac)[0], floats)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda b: b[: len(b) // 2], r"decoded \d+ of the \d+ frames its STREAMINFO declares"),
+        (lambda b: b[:3000] + bytes([b[3000] ^ 0xFF]) + b[3001:], r"frames failed their CRC"),
+        (lambda b: b[:120], r"decoded 0 of the \d+ frames"),
+        (lie_about_length, r"declares 68719476735 frames, more than \d+ bytes of FLAC can hold"),
+        (lambda b: b"RIFF" + b[4:], r"no readable FLAC stream header"),
+        (lambda b: b"", r"no readable FLAC stream header"),
+    ],
+    ids=["truncated", "bit-flip", "header-only", "lying-length", "wrong-format", "empty"],
+)
+def test_damaged_flac_is_a_decode_error_naming_the_damage(damage, message: str) -> None:
+    flac = encode_flac(music(1.0), SR).data
+    with pytest.raises(AudioError, match=message) as error:
+        decode_flac(damage(flac))
+    assert error.value.reason == "decode"
 
 
 def test_bad_audio_goes_to_failures_and_the_run_goes_on(params: dict, tmp_path: Path) -> None:

@@ -77,10 +77,15 @@ class InputShard:
         text = json.dumps([self.dataset, self.name, self.ids, self.sha256, self.splits, self.labels])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def blobs(self, batch_rows: int = 16) -> Iterator[tuple[str, bytes]]:
-        """(id, FLAC bytes) a few rows at a time: a shard's audio is never all in memory."""
+    def blobs(self, batch_rows: int = 16) -> Iterator[tuple[str, pa.Buffer]]:
+        """(id, FLAC bytes) a few rows at a time: a shard's audio is never all in memory.
+
+        The bytes are zero-copy views of the Arrow batch, not Python copies of every song.
+        """
         for batch in pq.ParquetFile(self.path).iter_batches(batch_size=batch_rows, columns=["id", "audio"]):
-            yield from zip(batch.column("id").to_pylist(), batch.column("audio").to_pylist(), strict=True)
+            audio = batch.column("audio")
+            for i, clip_id in enumerate(batch.column("id").to_pylist()):
+                yield clip_id, audio[i].as_buffer()
 
 
 def plan_inputs(raw_dir: Path, dataset: str, default_splits: dict[str, str]) -> list[InputShard]:
@@ -161,6 +166,17 @@ class FeatureStore:
             metadata={META_KEY: json.dumps(metadata, sort_keys=True).encode()},
         )
 
+    @property
+    def write_options(self) -> dict[str, Any]:
+        """Dictionaries only for the text columns: a dictionary over tensor values (float16 has only
+        65536 of them) never spills, so every value gets dictionary-coded, which made writes 2x and
+        reads 4x slower for no gain in size. Float tensors are byte-stream-split, which zstd then
+        packs tighter (measured on slices: 2.09 -> 1.74 MB)."""
+        options: dict[str, Any] = {"use_dictionary": ["clip_id", "labels.list.element"]}
+        if pa.types.is_floating(self.tensor_type.value_type):
+            options["column_encoding"] = {f"{self.column}.list.element": "BYTE_STREAM_SPLIT"}
+        return options
+
     def marker_path(self, shard: InputShard) -> Path:
         return self.root / SHARDS / f"{shard.dataset}-{shard.name}.parquet"
 
@@ -219,7 +235,7 @@ class FeatureStore:
             for chunk, start in enumerate(range(0, table.num_rows, self.rows_per_file)):
                 rel = f"dataset={shard.dataset}/split={split}/{shard.name}-{chunk:03d}.parquet"
                 part = table.slice(start, self.rows_per_file)
-                atomic_write_table(part, self.root / rel, row_group_size=256)
+                atomic_write_table(part, self.root / rel, row_group_size=256, **self.write_options)
                 files[rel] = part.num_rows
         stamp = {**self._stamp(shard), "files": files}
         marker = failures_table(failures).replace_schema_metadata({META_KEY: json.dumps(stamp).encode()})

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from tasks.audio import AudioError
+from tasks.audio import AudioError, FlacBytes
 from tasks.config import FeaturesSlicesConfig
 from tasks.features.dataset import Block, FeatureStore, InputShard, code_version, params_hash
 from tasks.features.frontend import Spectrogram, isolate_vocals, load_audio
@@ -78,7 +78,7 @@ def features_slices(cfg: FeaturesSlicesConfig, root: Path) -> dict[str, Any]:
     store = FeatureStore(root / cfg.store.out_dir, "spectrogram", value_type, [cfg.frontend.n_bands] * 2, metadata,
                          cfg.store.rows_per_file)  # fmt: skip
 
-    def clip(shard: InputShard, i: int, blob: bytes) -> Block:
+    def clip(shard: InputShard, i: int, blob: FlacBytes) -> Block:
         samples = load_audio(blob, cfg.frontend.sample_rate, cfg.checks)
         if cfg.vocal_isolation:
             samples = isolate_vocals(samples, cfg.frontend.sample_rate)

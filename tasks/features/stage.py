@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import os
@@ -12,9 +13,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pyarrow as pa
 import torch
 
-from tasks.audio import AudioError
+from tasks.audio import AudioError, FlacBytes
 from tasks.config import ConfigError, FeatureStoreConfig
 from tasks.features.dataset import Block, FeatureStore, InputShard, plan_inputs
 from tasks.progress import Progress, Tally
@@ -39,6 +41,31 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+# glibc's mallopt parameters.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+
+def retain_freed_memory() -> None:
+    """Keep freed memory for the next clip instead of handing it back to the kernel.
+
+    A decoded song is tens of MB. By default glibc maps such buffers fresh and trims them on
+    free, and Arrow's allocator purges freed pages within milliseconds, so every clip faulted its
+    memory in again: 10-25k page faults a run of benchmarks/features.py, up to a third of it in
+    the kernel on a VM, where a fault is slow, and most of the run-to-run spread. Memory stays at
+    the stage's peak instead, which the 2 x WORKERS clips in flight bound. Process-wide and
+    idempotent; a no-op where libc is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, 256 << 20)
+    libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)
+    if pa.default_memory_pool().backend_name != "jemalloc" and "jemalloc" in pa.supported_memory_backends():
+        pa.jemalloc_set_decay_ms(-1)  # never purge
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+
+
 def resolve_device(device: str, section: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -47,7 +74,7 @@ def resolve_device(device: str, section: str) -> torch.device:
     return torch.device(device)
 
 
-def _guarded(fn: Callable[[int, bytes], T], index: int, blob: bytes, sha256: str) -> T | AudioError:
+def _guarded(fn: Callable[[int, FlacBytes], T], index: int, blob: FlacBytes, sha256: str) -> T | AudioError:
     try:
         if hashlib.sha256(blob).hexdigest() != sha256:
             raise AudioError("checksum", "audio bytes do not match the manifest's sha256")
@@ -56,7 +83,7 @@ def _guarded(fn: Callable[[int, bytes], T], index: int, blob: bytes, sha256: str
         return exc
 
 
-def map_clips(shard: InputShard, fn: Callable[[int, bytes], T], progress: Progress,
+def map_clips(shard: InputShard, fn: Callable[[int, FlacBytes], T], progress: Progress,
               ) -> Iterator[tuple[int, T | AudioError]]:  # fmt: skip
     """fn(manifest row, FLAC bytes) over the shard's clips on a few threads, in shard order.
 
@@ -96,6 +123,7 @@ def build_features(
     extra_metrics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run `process` over every input shard not already done; write metrics; fail past the share."""
+    retain_freed_memory()
     shards = [s for d in datasets for s in plan_inputs(root / store_cfg.raw_dir, d, default_splits)]
     store.root.mkdir(parents=True, exist_ok=True)
     store.remove_partial_files()

@@ -24,7 +24,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from tasks.audio import AudioError
+from tasks.audio import AudioError, FlacBytes
 from tasks.config import DownloadConfig, FeaturesVggishConfig
 from tasks.errors import PipelineError
 from tasks.features.dataset import Block, FeatureStore, InputShard, code_version, params_hash
@@ -244,7 +244,7 @@ def features_vggish(cfg: FeaturesVggishConfig, root: Path) -> dict[str, Any]:
                          cfg.store.rows_per_file)  # fmt: skip
     span = (EXAMPLE_FRAMES - 1) * fe.hop_length + fe.win_length  # samples one example sees
 
-    def clip(i: int, blob: bytes) -> _Clip:
+    def clip(i: int, blob: FlacBytes) -> _Clip:
         samples = load_audio(blob, fe.sample_rate, cfg.checks)
         batch = examples(spectrogram(torch.from_numpy(samples)), cfg.example_hop_frames)
         if len(batch) == 0:
