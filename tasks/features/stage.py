@@ -8,7 +8,7 @@ import logging
 import os
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -85,26 +85,33 @@ def _guarded(fn: Callable[[int, FlacBytes], T], index: int, blob: FlacBytes, sha
 
 def map_clips(shard: InputShard, fn: Callable[[int, FlacBytes], T], progress: Progress,
               ) -> Iterator[tuple[int, T | AudioError]]:  # fmt: skip
-    """fn(manifest row, FLAC bytes) over the shard's clips on a few threads, in shard order.
+    """fn(manifest row, FLAC bytes) over the shard's clips on a few threads; results in shard order.
 
-    At most 2 x WORKERS clips are in flight, so memory stays bounded by a few clips.
+    At most 2 x WORKERS clips are being worked on, so memory stays bounded by a few clips' audio.
+    Finished results wait in order behind a long song while the other workers go on with the
+    next clips, instead of idling until the song is done.
     """
     position = {clip_id: i for i, clip_id in enumerate(shard.ids)}
     seen: set[int] = set()
+    in_order: deque[tuple[int, Future[T | AudioError]]] = deque()
+    running: set[Future[T | AudioError]] = set()
     with ThreadPoolExecutor(WORKERS) as pool:
-        pending: deque[tuple[int, Future[T | AudioError]]] = deque()
         for clip_id, blob in shard.blobs():
             if clip_id not in position:
                 continue  # not in the manifest: the store's finalize dropped it
             i = position[clip_id]
             seen.add(i)
-            pending.append((i, pool.submit(_guarded, fn, i, blob, shard.sha256[i])))
-            if len(pending) >= 2 * WORKERS:
-                i, future = pending.popleft()
+            future = pool.submit(_guarded, fn, i, blob, shard.sha256[i])
+            in_order.append((i, future))
+            running.add(future)
+            if len(running) >= 2 * WORKERS:
+                running = wait(running, return_when=FIRST_COMPLETED).not_done
+            while in_order and in_order[0][1].done():
+                i, future = in_order.popleft()
                 progress.update()
                 yield i, future.result()
-        while pending:
-            i, future = pending.popleft()
+        while in_order:
+            i, future = in_order.popleft()
             progress.update()
             yield i, future.result()
     for i in sorted(set(range(len(shard.ids))) - seen):
