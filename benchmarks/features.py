@@ -11,7 +11,9 @@ Prints, side by side:
       rate (what librosa.load decodes with) is printed beside it;
   (c) VGGish examples/s on CPU per batch size (fp32), and on CUDA when torch sees one (fp32, bf16),
       plus the features_vggish stage end to end on 10 s clips.
-Each slices figure is the best of --repeats interleaved runs. Writes benchmarks/results/features.json.
+Each slices figure is the best of --repeats interleaved runs; the ratios are also given repeat by
+repeat (median, min-max), since on a shared VM the same run varies 2x. Writes
+benchmarks/results/features.json.
 """
 
 from __future__ import annotations

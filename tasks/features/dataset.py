@@ -80,7 +80,8 @@ class InputShard:
     def blobs(self, batch_rows: int = 16) -> Iterator[tuple[str, pa.Buffer]]:
         """(id, FLAC bytes) a few rows at a time: a shard's audio is never all in memory.
 
-        The bytes are zero-copy views of the Arrow batch, not Python copies of every song.
+        The bytes are zero-copy views of the Arrow batch, not Python copies of every song; a view
+        keeps its batch (batch_rows clips) in memory until the clip is done.
         """
         for batch in pq.ParquetFile(self.path).iter_batches(batch_size=batch_rows, columns=["id", "audio"]):
             audio = batch.column("audio")

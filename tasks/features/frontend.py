@@ -112,7 +112,8 @@ def to_mono(pcm: np.ndarray) -> np.ndarray:
 def load_audio(blob: FlacBytes, sample_rate: int, checks: AudioChecks) -> np.ndarray:
     """FLAC blob -> checked mono float32 at `sample_rate` (soxr HQ, as librosa.load uses).
 
-    The store's FLAC is 16-bit: decoding to int16 skips libsndfile's float conversion.
+    The store's FLAC is 16-bit: decoding to int16 and mixing channel by channel skips a float
+    copy of every channel.
     """
     pcm, rate = decode_flac(blob, dtype="int16")
     check_audio(pcm, checks)
