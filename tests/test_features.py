@@ -9,6 +9,7 @@ from pathlib import Path
 import librosa
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
@@ -325,6 +326,22 @@ def test_bad_audio_goes_to_failures_and_the_run_goes_on(params: dict, tmp_path: 
     lenient = slices_cfg(params, tmp_path, "features_slices.datasets=[mixed]",
                          "features_slices.default_splits={mixed: x}", "features_slices.store.max_failure_share=0.5")
     assert features_slices(lenient, tmp_path)["clips"] == 5
+
+
+def test_a_clip_missing_from_its_shard_file_fails_and_the_next_shards_go_on(params: dict, tmp_path: Path) -> None:
+    clips = [synth_clip(f"c{i}", "happy", 1.5, SR, 0) for i in range(7)]
+    write_store(tmp_path / "raw", "gaps", clips, shard_rows=3)
+    first = sorted((tmp_path / "raw" / "gaps" / "shards").glob("*.parquet"))[0]
+    table = pq.read_table(first)
+    pq.write_table(table.filter(pc.not_equal(table["id"], "c1")), first)
+    cfg = slices_cfg(params, tmp_path, "features_slices.datasets=[gaps]", "features_slices.default_splits={gaps: x}",
+                     "features_slices.store.max_failure_share=0.5")  # fmt: skip
+    metrics = features_slices(cfg, tmp_path)
+    assert metrics["clips"] == 6 and metrics["failed_by_reason"] == {"missing": 1}
+    failures = pq.read_table(tmp_path / "slices" / "_failures.parquet").to_pylist()
+    assert [(f["id"], f["reason"], f["source"]) for f in failures] == [("c1", "missing", f"gaps/{first.name}")]
+    ids = open_table(tmp_path / "slices", columns=["clip_id"]).column("clip_id").to_pylist()
+    assert list(dict.fromkeys(ids)) == ["c0", "c2", "c3", "c4", "c5", "c6"]  # shard order kept across 3 shards
 
 
 def test_a_store_without_split_or_manifest_is_a_clear_error(params: dict, raw: Path, tmp_path: Path) -> None:

@@ -21,13 +21,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from tasks.audio import AudioError, FlacBytes
+from tasks.audio import FlacBytes
 from tasks.config import FeaturesSlicesConfig
 from tasks.features.dataset import Block, FeatureStore, InputShard, code_version, params_hash
 from tasks.features.frontend import Spectrogram, isolate_vocals, load_audio
-from tasks.features.stage import build_features, failure, map_clips, resolve_device, torch_threads
-from tasks.progress import Progress
-from tasks.storage import Failure
+from tasks.features.stage import build_features, resolve_device, torch_threads
 
 log = logging.getLogger("tasks")
 STAGE = "features_slices"
@@ -85,14 +83,8 @@ def features_slices(cfg: FeaturesSlicesConfig, root: Path) -> dict[str, Any]:
         tensors, start, end = slice_clip(samples, cfg, spectrogram)
         return Block(shard.ids[i], shard.splits[i], shard.labels[i], shard.actors[i], tensors, start, end)
 
-    def process(shard: InputShard, progress: Progress) -> tuple[list[Block], list[Failure]]:
-        blocks, failures = [], []
-        for i, result in map_clips(shard, lambda i, blob: clip(shard, i, blob), progress):
-            if isinstance(result, AudioError):
-                failures.append(failure(shard, i, STAGE, result))
-            else:
-                blocks.append(result)
-        return blocks, failures
+    def finish(shard: InputShard, blocks: list[Block]) -> list[Block]:
+        return blocks
 
     with torch_threads(1 if device.type == "cpu" else torch.get_num_threads()):
-        return build_features(STAGE, cfg.store, cfg.datasets, cfg.default_splits, root, store, process)
+        return build_features(STAGE, cfg.store, cfg.datasets, cfg.default_splits, root, store, clip, finish)

@@ -10,8 +10,9 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import pyarrow as pa
 import torch
@@ -74,49 +75,79 @@ def resolve_device(device: str, section: str) -> torch.device:
     return torch.device(device)
 
 
-def _guarded(fn: Callable[[int, FlacBytes], T], index: int, blob: FlacBytes, sha256: str) -> T | AudioError:
+def _guarded(fn: Callable[[InputShard, int, FlacBytes], T], shard: InputShard, index: int, blob: FlacBytes,
+             ) -> T | AudioError:  # fmt: skip
     try:
-        if hashlib.sha256(blob).hexdigest() != sha256:
+        if hashlib.sha256(blob).hexdigest() != shard.sha256[index]:
             raise AudioError("checksum", "audio bytes do not match the manifest's sha256")
-        return fn(index, blob)
+        return fn(shard, index, blob)
     except AudioError as exc:
         return exc
 
 
-def map_clips(shard: InputShard, fn: Callable[[int, FlacBytes], T], progress: Progress,
-              ) -> Iterator[tuple[int, T | AudioError]]:  # fmt: skip
-    """fn(manifest row, FLAC bytes) over the shard's clips on a few threads; results in shard order.
+@dataclass
+class _ShardWork(Generic[T]):
+    shard: InputShard
+    futures: list[tuple[int, Future[T | AudioError]]] = field(default_factory=list)
+    missing: list[int] | None = None  # set once every clip of the shard is submitted
 
-    At most 2 x WORKERS clips are being worked on, so memory stays bounded by a few clips' audio.
-    Finished results wait in order behind a long song while the other workers go on with the
-    next clips, instead of idling until the song is done.
+    def ready(self) -> bool:
+        return self.missing is not None and all(future.done() for _, future in self.futures)
+
+    def results(self) -> list[tuple[int, T | AudioError]]:
+        """In shard order, a clip the shard file lacks as a `missing` failure."""
+        gone = AudioError("missing", f"{self.shard.path.name} holds no audio for this clip")
+        return sorted([(i, f.result()) for i, f in self.futures] + [(i, gone) for i in self.missing or []],
+                      key=lambda pair: pair[0])  # fmt: skip
+
+
+def map_shards(shards: list[InputShard], fn: Callable[[InputShard, int, FlacBytes], T], progress: Progress,
+               ) -> Iterator[tuple[InputShard, list[tuple[int, T | AudioError]]]]:  # fmt: skip
+    """fn(shard, manifest row, FLAC bytes) over every clip on WORKERS threads; each shard's results,
+    in shard order, once they are all in.
+
+    One pool serves all the shards, so the next shard's clips start while the last songs of the
+    previous one finish, rather than each shard boundary idling all but one worker. At most
+    2 x WORKERS clips are being worked on, so memory stays bounded by a few clips' audio.
     """
-    position = {clip_id: i for i, clip_id in enumerate(shard.ids)}
-    seen: set[int] = set()
-    in_order: deque[tuple[int, Future[T | AudioError]]] = deque()
+    queue: deque[_ShardWork[T]] = deque()
     running: set[Future[T | AudioError]] = set()
+
+    def settle(block: bool) -> None:
+        nonlocal running
+        if block:
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+        else:
+            done = {future for future in running if future.done()}
+            running -= done
+        progress.update(len(done))
+
+    def finished() -> Iterator[tuple[InputShard, list[tuple[int, T | AudioError]]]]:
+        while queue and queue[0].ready():
+            work = queue.popleft()
+            yield work.shard, work.results()
+
     with ThreadPoolExecutor(WORKERS) as pool:
-        for clip_id, blob in shard.blobs():
-            if clip_id not in position:
-                continue  # not in the manifest: the store's finalize dropped it
-            i = position[clip_id]
-            seen.add(i)
-            future = pool.submit(_guarded, fn, i, blob, shard.sha256[i])
-            in_order.append((i, future))
-            running.add(future)
-            if len(running) >= 2 * WORKERS:
-                running = wait(running, return_when=FIRST_COMPLETED).not_done
-            while in_order and in_order[0][1].done():
-                i, future = in_order.popleft()
-                progress.update()
-                yield i, future.result()
-        while in_order:
-            i, future = in_order.popleft()
-            progress.update()
-            yield i, future.result()
-    for i in sorted(set(range(len(shard.ids))) - seen):
-        progress.update()
-        yield i, AudioError("missing", f"{shard.path.name} holds no audio for this clip")
+        for shard in shards:
+            work = _ShardWork[T](shard)
+            queue.append(work)
+            position = {clip_id: i for i, clip_id in enumerate(shard.ids)}
+            for clip_id, blob in shard.blobs():
+                if clip_id not in position:
+                    continue  # not in the manifest: the store's finalize dropped it
+                i = position.pop(clip_id)
+                future = pool.submit(_guarded, fn, shard, i, blob)
+                work.futures.append((i, future))
+                running.add(future)
+                settle(block=len(running) >= 2 * WORKERS)
+                yield from finished()
+            work.missing = sorted(position.values())
+            progress.update(len(work.missing))
+            yield from finished()
+        while running:
+            settle(block=True)
+            yield from finished()
+        yield from finished()
 
 
 def build_features(
@@ -126,10 +157,12 @@ def build_features(
     default_splits: dict[str, str],
     root: Path,
     store: FeatureStore,
-    process: Callable[[InputShard, Progress], tuple[list[Block], list[Failure]]],
+    clip: Callable[[InputShard, int, FlacBytes], T],
+    finish: Callable[[InputShard, list[T]], list[Block]],
     extra_metrics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run `process` over every input shard not already done; write metrics; fail past the share."""
+    """`clip` over every clip of the input shards not already done, then `finish` over each shard's
+    good results to make its rows; failures go to the shard's table. Metrics; fail past the share."""
     retain_freed_memory()
     shards = [s for d in datasets for s in plan_inputs(root / store_cfg.raw_dir, d, default_splits)]
     store.root.mkdir(parents=True, exist_ok=True)
@@ -138,13 +171,18 @@ def build_features(
     # One shard is written in the background while the next is computed; at most one waits.
     with Progress(sum(len(s.ids) for s in shards), f"{stage} clips", "clip") as progress, \
             ThreadPoolExecutor(1) as writer:  # fmt: skip
-        writing: Future[None] | None = None
+        todo = []
         for shard in shards:
             if store.shard_done(shard):
                 tally.add("skipped", len(shard.ids))
                 progress.update(len(shard.ids))
-                continue
-            blocks, failures = process(shard, progress)
+            else:
+                todo.append(shard)
+        writing: Future[None] | None = None
+        for shard, results in map_shards(todo, clip, progress):
+            failures = [Failure(shard.ids[i], f"{shard.dataset}/{shard.path.name}", stage, r.reason, str(r))
+                        for i, r in results if isinstance(r, AudioError)]  # fmt: skip
+            blocks = finish(shard, [r for _, r in results if not isinstance(r, AudioError)])
             if writing is not None:
                 writing.result()
             writing = writer.submit(store.write_shard, shard, blocks, failures)
@@ -171,7 +209,3 @@ def build_features(
     n_clips = sum(len(s.ids) for s in shards)
     check_failure_share(failed.num_rows, n_clips, store_cfg.max_failure_share, stage)
     return metrics
-
-
-def failure(shard: InputShard, index: int, stage: str, exc: AudioError) -> Failure:
-    return Failure(shard.ids[index], f"{shard.dataset}/{shard.path.name}", stage, exc.reason, str(exc))

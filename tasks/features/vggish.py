@@ -29,10 +29,8 @@ from tasks.config import DownloadConfig, FeaturesVggishConfig
 from tasks.errors import PipelineError
 from tasks.features.dataset import Block, FeatureStore, InputShard, code_version, params_hash
 from tasks.features.frontend import Spectrogram, load_audio
-from tasks.features.stage import build_features, failure, map_clips, resolve_device
+from tasks.features.stage import build_features, resolve_device
 from tasks.fetch import fetch, sha256_file
-from tasks.progress import Progress
-from tasks.storage import Failure
 
 log = logging.getLogger("tasks")
 STAGE = "features_vggish"
@@ -244,7 +242,7 @@ def features_vggish(cfg: FeaturesVggishConfig, root: Path) -> dict[str, Any]:
                          cfg.store.rows_per_file)  # fmt: skip
     span = (EXAMPLE_FRAMES - 1) * fe.hop_length + fe.win_length  # samples one example sees
 
-    def clip(i: int, blob: FlacBytes) -> _Clip:
+    def clip(shard: InputShard, i: int, blob: FlacBytes) -> _Clip:
         samples = load_audio(blob, fe.sample_rate, cfg.checks)
         batch = examples(spectrogram(torch.from_numpy(samples)), cfg.example_hop_frames)
         if len(batch) == 0:
@@ -253,15 +251,9 @@ def features_vggish(cfg: FeaturesVggishConfig, root: Path) -> dict[str, Any]:
         start = np.arange(len(batch)) * cfg.example_hop_frames * fe.hop_length
         return _Clip(i, batch, start, start + span)
 
-    def process(shard: InputShard, progress: Progress) -> tuple[list[Block], list[Failure]]:
-        clips, failures = [], []
-        for i, result in map_clips(shard, clip, progress):
-            if isinstance(result, AudioError):
-                failures.append(failure(shard, i, STAGE, result))
-            else:
-                clips.append(result)
+    def finish(shard: InputShard, clips: list[_Clip]) -> list[Block]:
         if not clips:
-            return [], failures
+            return []
         embeddings = embed(model, post, torch.cat([c.examples for c in clips]), cfg, device).numpy()
         blocks, offset = [], 0
         for c in clips:
@@ -269,8 +261,8 @@ def features_vggish(cfg: FeaturesVggishConfig, root: Path) -> dict[str, Any]:
             blocks.append(Block(shard.ids[c.index], shard.splits[c.index], shard.labels[c.index],
                                 shard.actors[c.index], embeddings[offset : offset + k], c.start, c.end))  # fmt: skip
             offset += k
-        return blocks, failures
+        return blocks
 
     extra = {"random_weights": random_weights, "weights": weights}
-    return build_features(STAGE, cfg.store, cfg.datasets, cfg.default_splits, root, store, process, extra)
+    return build_features(STAGE, cfg.store, cfg.datasets, cfg.default_splits, root, store, clip, finish, extra)
 
