@@ -169,7 +169,7 @@ class FeatureStore:
 
     @property
     def write_options(self) -> dict[str, Any]:
-        """Dictionaries and statistics only for the scalar columns.
+        """Dictionaries only for the text columns, statistics only for the scalar ones.
 
         A dictionary over tensor values (float16 has only 65536 of them) never spills, so every
         value was dictionary-coded: writes 2x and reads 4x slower for no gain in size. Min/max of

@@ -147,7 +147,6 @@ def map_shards(shards: list[InputShard], fn: Callable[[InputShard, int, FlacByte
         while running:
             settle(block=True)
             yield from finished()
-        yield from finished()
 
 
 def build_features(
