@@ -18,6 +18,7 @@ import torch
 from tasks.audio import AudioError, FlacBlob, decode_flac, encode_flac
 from tasks.cli import run_stage
 from tasks.config import ConfigError, FrontEndConfig, apply_overrides, section_config
+from tasks.features import dataset, slices, stage
 from tasks.features.dataset import FeatureDataset, loader, open_table, read_metadata
 from tasks.features.frontend import Spectrogram, check_audio, frame_count
 from tasks.features.slices import features_slices, slice_starts
@@ -262,6 +263,45 @@ def test_rerun_skips_done_shards_and_a_param_change_redoes_them(params: dict, ra
     fewer = features_slices(slices_cfg(params, tmp_path, "features_slices.datasets=[cal500]"), tmp_path)
     assert set(fewer["per_dataset"]) == {"cal500"}
     assert not (tmp_path / "slices" / "dataset=ravdess").exists()
+
+
+def test_a_run_killed_mid_shard_keeps_done_shards_and_the_rerun_finishes_the_same(
+        params: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """Rows are written while a shard is computed; until its marker they count for nothing."""
+    clips = [synth_clip(f"c{i}", "sad", 2.0 + 1.5 * i, SR, 3, meta={"split": "x"}) for i in range(7)]
+    write_store(tmp_path / "raw", "songs", clips, shard_rows=4)
+    monkeypatch.setattr(dataset, "ROW_GROUP_BYTES", 2 * 128 * 128 * 2)  # row groups of 2 float16 slices
+    monkeypatch.setattr(stage, "WORKERS", 1)  # clips in order, so the kill falls in the second shard
+    cfg = slices_cfg(params, tmp_path, "features_slices.datasets=[songs]")
+    reference = features_slices(slices_cfg(params, tmp_path, "features_slices.datasets=[songs]",
+                                           f"features_slices.store.out_dir={tmp_path / 'ref'}"), tmp_path)  # fmt: skip
+    real_slice_clip, calls = slices.slice_clip, []
+
+    def killed_at_the_sixth(*args: object) -> object:
+        calls.append(1)
+        if len(calls) == 6:
+            raise RuntimeError("killed")
+        return real_slice_clip(*args)
+
+    monkeypatch.setattr(slices, "slice_clip", killed_at_the_sixth)
+    with pytest.raises(RuntimeError, match="killed"):
+        features_slices(cfg, tmp_path)
+    out = tmp_path / "slices"
+    assert [p.name for p in (out / "_shards").iterdir()] == ["songs-part-00000.parquet"]
+    assert not list(out.rglob("part-00001-*.parquet"))  # only under temporary names
+    assert list(out.rglob(".part-00001-*.tmp-*"))  # the fifth clip's rows went out before the kill
+    monkeypatch.setattr(slices, "slice_clip", real_slice_clip)
+    caplog.clear()
+    rerun = features_slices(cfg, tmp_path)
+    assert {k: rerun[k] for k in ("clips", "rows", "failed", "per_dataset")} == {
+        k: reference[k] for k in ("clips", "rows", "failed", "per_dataset")}  # fmt: skip
+    assert "done 3 / skipped 4 / failed 0" in caplog.text and not list(out.rglob(".*tmp*"))
+    ours, ref = open_table(out), open_table(tmp_path / "ref")
+    assert ours.equals(ref)
+    for path in out.rglob("part-*.parquet"):
+        meta = pq.ParquetFile(path).metadata
+        assert meta.num_row_groups >= 2 and all(meta.row_group(g).num_rows <= 2 for g in range(meta.num_row_groups))
 
 
 def lie_about_length(flac: bytes) -> bytes:

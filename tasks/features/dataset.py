@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -32,7 +34,15 @@ import pyarrow.parquet as pq
 import torch
 
 from tasks.errors import PipelineError
-from tasks.storage import FAILURE_SCHEMA, Failure, StageFailed, atomic_write_table, failures_table, write_json
+from tasks.storage import (
+    FAILURE_SCHEMA,
+    Failure,
+    StageFailed,
+    atomic_write_table,
+    failures_table,
+    temp_path,
+    write_json,
+)
 
 log = logging.getLogger("tasks")
 
@@ -40,6 +50,9 @@ META_KEY = b"mood_pipeline"
 SHARDS = "_shards"
 FAILURES = "_failures.parquet"
 METADATA = "_dataset.json"
+# Tensor bytes per row group: small enough that a shard's rows go out while its later clips are
+# computed (64 slices of 128 x 128 float16, 16384 VGGish embeddings), large enough for a reader.
+ROW_GROUP_BYTES = 2 << 20
 # A partition value becomes a directory name.
 PARTITION_VALUE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 _HERE = Path(__file__).resolve().parent
@@ -81,9 +94,10 @@ class InputShard:
         """(id, FLAC bytes) a few rows at a time: a shard's audio is never all in memory.
 
         The bytes are zero-copy views of the Arrow batch, not Python copies of every song; a view
-        keeps its batch (batch_rows clips) in memory until the clip is done.
+        keeps its batch (batch_rows clips) in memory until the clip is done. The file is memory-mapped
+        rather than read into a fresh buffer that every shard faults in again.
         """
-        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=batch_rows, columns=["id", "audio"]):
+        for batch in pq.ParquetFile(self.path, memory_map=True).iter_batches(batch_size=batch_rows, columns=["id", "audio"]):
             audio = batch.column("audio")
             for i, clip_id in enumerate(batch.column("id").to_pylist()):
                 yield clip_id, audio[i].as_buffer()
@@ -168,6 +182,10 @@ class FeatureStore:
         )
 
     @property
+    def row_group_rows(self) -> int:
+        return max(1, ROW_GROUP_BYTES // (math.prod(self.shape) * self.tensor_type.value_type.byte_width))
+
+    @property
     def write_options(self) -> dict[str, Any]:
         """Dictionaries only for the text columns, statistics only for the scalar ones.
 
@@ -186,7 +204,7 @@ class FeatureStore:
     def marker_path(self, shard: InputShard) -> Path:
         return self.root / SHARDS / f"{shard.dataset}-{shard.name}.parquet"
 
-    def _stamp(self, shard: InputShard) -> dict[str, Any]:
+    def stamp(self, shard: InputShard) -> dict[str, Any]:
         return {"params": self.metadata["params_hash"], "code": self.metadata["code_version"], "input": shard.digest}
 
     def remove_partial_files(self) -> None:
@@ -205,9 +223,9 @@ class FeatureStore:
         except (OSError, KeyError, ValueError, pa.ArrowInvalid) as exc:
             log.warning("%s: marker or output unreadable (%s); redoing the shard", marker.name, exc)
             return False
-        return {k: stamp.get(k) for k in ("params", "code", "input")} == self._stamp(shard)
+        return {k: stamp.get(k) for k in ("params", "code", "input")} == self.stamp(shard)
 
-    def _outputs(self, shard: InputShard) -> list[Path]:
+    def outputs(self, shard: InputShard) -> list[Path]:
         return sorted(self.root.glob(f"dataset={shard.dataset}/split=*/{shard.name}-*.parquet"))
 
     def table(self, blocks: Sequence[Block]) -> pa.Table:
@@ -230,27 +248,10 @@ class FeatureStore:
         }
         return pa.Table.from_pydict(columns, schema=self.schema)
 
-    def write_shard(self, shard: InputShard, blocks: Sequence[Block], failures: Sequence[Failure]) -> None:
-        """Replace the shard's outputs: feature files per split in bounded chunks, then its marker."""
-        self.marker_path(shard).unlink(missing_ok=True)
-        for path in self._outputs(shard):
-            path.unlink()
-        files: dict[str, int] = {}
-        for split in sorted({b.split for b in blocks}):
-            table = self.table([b for b in blocks if b.split == split])
-            for chunk, start in enumerate(range(0, table.num_rows, self.rows_per_file)):
-                rel = f"dataset={shard.dataset}/split={split}/{shard.name}-{chunk:03d}.parquet"
-                part = table.slice(start, self.rows_per_file)
-                atomic_write_table(part, self.root / rel, row_group_size=256, **self.write_options)
-                files[rel] = part.num_rows
-        stamp = {**self._stamp(shard), "files": files}
-        marker = failures_table(failures).replace_schema_metadata({META_KEY: json.dumps(stamp).encode()})
-        atomic_write_table(marker, self.marker_path(shard))
-
     def finalize(self, shards: Sequence[InputShard]) -> tuple[dict[str, Any], pa.Table]:
         """Drop outputs of shards outside the plan, write the failures table and the metadata file."""
         planned = {self.marker_path(s) for s in shards}
-        planned_files = {p for s in shards for p in self._outputs(s)}
+        planned_files = {p for s in shards for p in self.outputs(s)}
         for path in self.root.glob(f"{SHARDS}/*.parquet"):
             if path not in planned:
                 path.unlink()
@@ -280,6 +281,67 @@ class FeatureStore:
 
     def size_mb(self) -> float:
         return round(sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file()) / 1e6, 3)
+
+
+class ShardWriter:
+    """The feature files of one input shard, written while its later clips are still computed.
+
+    Rows go out in row groups of about ROW_GROUP_BYTES of tensors as they come, per split, into files of at most
+    rows_per_file rows under temporary names. `commit` renames them into place and then writes
+    the shard's marker, so a killed run leaves no marker and the shard is redone. Writing as the
+    rows come keeps a shard's features out of memory and leaves only the last row group to write
+    once the last clip is done.
+    """
+
+    def __init__(self, store: FeatureStore, shard: InputShard) -> None:
+        self.store, self.shard = store, shard
+        store.marker_path(shard).unlink(missing_ok=True)
+        for path in store.outputs(shard):
+            path.unlink()
+        self.files: dict[str, int] = {}  # relative path -> rows written
+        self.pending: dict[str, pa.Table] = {}  # split -> rows not yet in a row group
+        self.writers: dict[str, tuple[str, pq.ParquetWriter]] = {}  # split -> its open file
+
+    def add(self, blocks: Sequence[Block]) -> None:
+        for split in sorted({b.split for b in blocks}):
+            rows = self.store.table([b for b in blocks if b.split == split])
+            before = self.pending.get(split)
+            self.pending[split] = rows if before is None else pa.concat_tables([before, rows])
+            self._write(split, final=False)
+
+    def _write(self, split: str, final: bool) -> None:
+        """Whole row groups of the split's pending rows, and with `final` the rest too."""
+        table, done, group = self.pending[split], 0, self.store.row_group_rows
+        while table.num_rows - done >= group or (final and done < table.num_rows):
+            if split not in self.writers:
+                folder = f"dataset={self.shard.dataset}/split={split}/"
+                chunk = sum(rel.startswith(folder) for rel in self.files)
+                rel = f"{folder}{self.shard.name}-{chunk:03d}.parquet"
+                path = temp_path(self.store.root / rel)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.writers[split] = rel, pq.ParquetWriter(path, self.store.schema, compression="zstd",
+                                                            **self.store.write_options)  # fmt: skip
+                self.files[rel] = 0
+            rel, writer = self.writers[split]
+            n = min(group, self.store.rows_per_file - self.files[rel], table.num_rows - done)
+            writer.write_table(table.slice(done, n))
+            self.files[rel] += n
+            done += n
+            if self.files[rel] == self.store.rows_per_file:
+                writer.close()
+                del self.writers[split]
+        self.pending[split] = table.slice(done)
+
+    def commit(self, failures: Sequence[Failure]) -> None:
+        for split in self.pending:
+            self._write(split, final=True)
+        for _, writer in self.writers.values():
+            writer.close()
+        for rel in self.files:
+            os.replace(temp_path(self.store.root / rel), self.store.root / rel)
+        stamp = {**self.store.stamp(self.shard), "files": self.files}
+        marker = failures_table(failures).replace_schema_metadata({META_KEY: json.dumps(stamp).encode()})
+        atomic_write_table(marker, self.store.marker_path(self.shard))
 
 
 def read_metadata(root: Path) -> dict[str, Any]:

@@ -10,16 +10,15 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import torch
 
 from tasks.audio import AudioError, FlacBytes
 from tasks.config import ConfigError, FeatureStoreConfig
-from tasks.features.dataset import Block, FeatureStore, InputShard, plan_inputs
+from tasks.features.dataset import Block, FeatureStore, InputShard, ShardWriter, plan_inputs
 from tasks.progress import Progress, Tally
 from tasks.storage import Failure, check_failure_share, write_json
 
@@ -85,68 +84,76 @@ def _guarded(fn: Callable[[InputShard, int, FlacBytes], T], shard: InputShard, i
         return exc
 
 
-@dataclass
-class _ShardWork(Generic[T]):
-    shard: InputShard
-    futures: list[tuple[int, Future[T | AudioError]]] = field(default_factory=list)
-    missing: list[int] | None = None  # set once every clip of the shard is submitted
+class _Writer:
+    """One thread that writes feature rows in the order they are given, while the next are computed.
 
-    def ready(self) -> bool:
-        return self.missing is not None and all(future.done() for _, future in self.futures)
+    At most QUEUED writes wait, so a slow disk holds back the computing rather than filling memory;
+    a failed write raises in the caller at its next submit, or at exit.
+    """
 
-    def results(self) -> list[tuple[int, T | AudioError]]:
-        """In shard order, a clip the shard file lacks as a `missing` failure."""
-        gone = AudioError("missing", f"{self.shard.path.name} holds no audio for this clip")
-        return sorted([(i, f.result()) for i, f in self.futures] + [(i, gone) for i in self.missing or []],
-                      key=lambda pair: pair[0])  # fmt: skip
+    QUEUED = 16
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(1)
+        self.writes: deque[Future[None]] = deque()
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        while self.writes and (self.writes[0].done() or len(self.writes) >= self.QUEUED):
+            self.writes.popleft().result()
+        self.writes.append(self.pool.submit(fn, *args))
+
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            while self.writes:
+                self.writes.popleft().result()
+        finally:
+            self.pool.shutdown(cancel_futures=True)
 
 
-def map_shards(shards: list[InputShard], fn: Callable[[InputShard, int, FlacBytes], T], progress: Progress,
-               ) -> Iterator[tuple[InputShard, list[tuple[int, T | AudioError]]]]:  # fmt: skip
-    """fn(shard, manifest row, FLAC bytes) over every clip on WORKERS threads; each shard's results,
-    in shard order, once they are all in.
+def map_clips(shards: list[InputShard], fn: Callable[[InputShard, int, FlacBytes], T], progress: Progress,
+              ) -> Iterator[tuple[InputShard, int, T | AudioError]]:  # fmt: skip
+    """fn(shard, manifest row, FLAC bytes) over every clip on WORKERS threads: (shard, row, result) in
+    shard order, each as soon as it and all before it are in; a clip the shard file lacks comes
+    as a `missing` failure after the rest of its shard.
 
     One pool serves all the shards, so the next shard's clips start while the last songs of the
-    previous one finish, rather than each shard boundary idling all but one worker. At most
-    2 x WORKERS clips are being worked on, so memory stays bounded by a few clips' audio.
+    previous one finish. At most 2 x WORKERS clips are being worked on, so memory stays bounded
+    by a few clips' audio, and at most 8 x WORKERS finished results wait behind a slow one.
     """
-    queue: deque[_ShardWork[T]] = deque()
-    running: set[Future[T | AudioError]] = set()
+    queue: deque[tuple[InputShard, int, Future[T | AudioError] | AudioError]] = deque()
 
-    def settle(block: bool) -> None:
-        nonlocal running
-        if block:
-            done, running = wait(running, return_when=FIRST_COMPLETED)
-        else:
-            done = {future for future in running if future.done()}
-            running -= done
-        progress.update(len(done))
+    def ready() -> Iterator[tuple[InputShard, int, T | AudioError]]:
+        while queue and not (isinstance(queue[0][2], Future) and not queue[0][2].done()):
+            shard, i, result = queue.popleft()
+            progress.update()
+            yield shard, i, result.result() if isinstance(result, Future) else result
 
-    def finished() -> Iterator[tuple[InputShard, list[tuple[int, T | AudioError]]]]:
-        while queue and queue[0].ready():
-            work = queue.popleft()
-            yield work.shard, work.results()
+    def throttle(limit_running: int, limit_queued: int) -> Iterator[tuple[InputShard, int, T | AudioError]]:
+        while True:
+            yield from ready()
+            running = [r for _, _, r in queue if isinstance(r, Future) and not r.done()]
+            if len(running) >= limit_running:
+                wait(running, return_when=FIRST_COMPLETED)
+            elif len(queue) >= limit_queued:
+                wait([queue[0][2]])  # type: ignore[list-item]  # the head is running, or ready() took it
+            else:
+                return
 
     with ThreadPoolExecutor(WORKERS) as pool:
         for shard in shards:
-            work = _ShardWork[T](shard)
-            queue.append(work)
             position = {clip_id: i for i, clip_id in enumerate(shard.ids)}
             for clip_id, blob in shard.blobs():
                 if clip_id not in position:
                     continue  # not in the manifest: the store's finalize dropped it
                 i = position.pop(clip_id)
-                future = pool.submit(_guarded, fn, shard, i, blob)
-                work.futures.append((i, future))
-                running.add(future)
-                settle(block=len(running) >= 2 * WORKERS)
-                yield from finished()
-            work.missing = sorted(position.values())
-            progress.update(len(work.missing))
-            yield from finished()
-        while running:
-            settle(block=True)
-            yield from finished()
+                queue.append((shard, i, pool.submit(_guarded, fn, shard, i, blob)))
+                yield from throttle(2 * WORKERS, 8 * WORKERS)
+            gone = AudioError("missing", f"{shard.path.name} holds no audio for this clip")
+            queue.extend((shard, i, gone) for i in sorted(position.values()))
+        yield from throttle(1, 1)
 
 
 def build_features(
@@ -158,18 +165,19 @@ def build_features(
     store: FeatureStore,
     clip: Callable[[InputShard, int, FlacBytes], T],
     finish: Callable[[InputShard, list[T]], list[Block]],
+    batch_clips: int = 1,
     extra_metrics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`clip` over every clip of the input shards not already done, then `finish` over each shard's
-    good results to make its rows; failures go to the shard's table. Metrics; fail past the share."""
+    """`clip` over every clip of the input shards not already done, then `finish` over each
+    `batch_clips` good results of a shard in a row to make their rows, written as they come;
+    failures go to the shard's table. Metrics; fail past the share."""
     retain_freed_memory()
     shards = [s for d in datasets for s in plan_inputs(root / store_cfg.raw_dir, d, default_splits)]
     store.root.mkdir(parents=True, exist_ok=True)
     store.remove_partial_files()
     tally = Tally(stage)
-    # One shard is written in the background while the next is computed; at most one waits.
     with Progress(sum(len(s.ids) for s in shards), f"{stage} clips", "clip") as progress, \
-            ThreadPoolExecutor(1) as writer:  # fmt: skip
+            _Writer() as writer:  # fmt: skip
         todo = []
         for shard in shards:
             if store.shard_done(shard):
@@ -177,19 +185,37 @@ def build_features(
                 progress.update(len(shard.ids))
             else:
                 todo.append(shard)
-        writing: Future[None] | None = None
-        for shard, results in map_shards(todo, clip, progress):
-            failures = [Failure(shard.ids[i], f"{shard.dataset}/{shard.path.name}", stage, r.reason, str(r))
-                        for i, r in results if isinstance(r, AudioError)]  # fmt: skip
-            blocks = finish(shard, [r for _, r in results if not isinstance(r, AudioError)])
-            if writing is not None:
-                writing.result()
-            writing = writer.submit(store.write_shard, shard, blocks, failures)
-            tally.add("done", len(blocks))
-            for failed in failures:
-                tally.add("failed", reason=failed.reason)
-        if writing is not None:
-            writing.result()
+        output: ShardWriter | None = None
+        good: list[T] = []
+        failures: list[Failure] = []
+
+        def emit(last: bool) -> None:
+            nonlocal good, failures
+            assert output is not None
+            if good:
+                blocks = finish(output.shard, good)
+                tally.add("done", len(blocks))
+                writer.submit(output.add, blocks)
+                good = []
+            if last:
+                writer.submit(output.commit, failures)
+                failures = []
+
+        for shard, i, result in map_clips(todo, clip, progress):
+            if output is None or shard is not output.shard:
+                if output is not None:
+                    emit(last=True)
+                output = ShardWriter(store, shard)
+            if isinstance(result, AudioError):
+                failures.append(Failure(shard.ids[i], f"{shard.dataset}/{shard.path.name}", stage, result.reason,
+                                        str(result)))  # fmt: skip
+                tally.add("failed", reason=result.reason)
+            else:
+                good.append(result)
+                if len(good) >= batch_clips:
+                    emit(last=False)
+        if output is not None:
+            emit(last=True)
     summary, failed = store.finalize(shards)
     counts = summary["counts"]
     metrics = {

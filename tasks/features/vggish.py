@@ -264,5 +264,8 @@ def features_vggish(cfg: FeaturesVggishConfig, root: Path) -> dict[str, Any]:
         return blocks
 
     extra = {"random_weights": random_weights, "weights": weights}
-    return build_features(STAGE, cfg.store, cfg.datasets, cfg.default_splits, root, store, clip, finish, extra)
+    # Clips per network call: as many 10 s clips (10 examples each) as fill one batch.
+    batch_clips = max(1, cfg.batch_size // 10)
+    return build_features(STAGE, cfg.store, cfg.datasets, cfg.default_splits, root, store, clip, finish,
+                          batch_clips, extra)  # fmt: skip
 
