@@ -95,10 +95,14 @@ def file_to_flac(path: Path) -> FlacBlob:
 # A FLAC frame holds at most 65535 samples per channel in no fewer than ~10 bytes: a header
 # claiming more frames than that is a lie to refuse before allocating for it.
 MAX_FRAMES_PER_BYTE = 8192
+# dr_flac's reader per output type; its float32 is sample / 32768, libsndfile's scaling, so float
+# samples are the same whichever library decoded them.
+_READERS = {"int16": ("short[]", "ma_dr_flac_read_pcm_frames_s16"),
+            "float32": ("float[]", "ma_dr_flac_read_pcm_frames_f32")}  # fmt: skip
 
 
 def decode_flac(data: FlacBytes, dtype: str = "float32") -> tuple[np.ndarray, int]:
-    """FLAC blob (any buffer) -> (samples frames x channels, sample rate), decoded by dr_flac.
+    """FLAC blob (any buffer) -> (samples frames x channels as int16 or float32, sample rate), by dr_flac.
 
     dr_flac (through miniaudio's bindings) reads the bytes in place and writes straight into the
     numpy array, with no Python read callbacks, so threads decode in parallel; it is about a
@@ -106,6 +110,7 @@ def decode_flac(data: FlacBytes, dtype: str = "float32") -> tuple[np.ndarray, in
     stops at a truncation without an error, so the decoded length is checked against the length
     STREAMINFO declares.
     """
+    c_type, read = _READERS[dtype]
     with miniaudio.ffi.from_buffer(data) as source:
         flac = miniaudio.lib.ma_dr_flac_open_memory(source, len(source), miniaudio.ffi.NULL)
         if flac == miniaudio.ffi.NULL:
@@ -117,15 +122,12 @@ def decode_flac(data: FlacBytes, dtype: str = "float32") -> tuple[np.ndarray, in
             if declared > MAX_FRAMES_PER_BYTE * len(source):
                 raise AudioError("decode", f"corrupt FLAC blob: STREAMINFO declares {declared} frames, more than "
                                            f"{len(source)} bytes of FLAC can hold")  # fmt: skip
-            pcm = np.empty((declared, flac.channels), np.int16)
-            with miniaudio.ffi.from_buffer("short[]", pcm, require_writable=True) as target:
-                decoded = miniaudio.lib.ma_dr_flac_read_pcm_frames_s16(flac, declared, target)
+            pcm = np.empty((declared, flac.channels), dtype)
+            with miniaudio.ffi.from_buffer(c_type, pcm, require_writable=True) as target:
+                decoded = getattr(miniaudio.lib, read)(flac, declared, target)
         finally:
             miniaudio.lib.ma_dr_flac_close(flac)
     if decoded != declared:
         raise AudioError("decode", f"corrupt FLAC blob: decoded {decoded} of the {declared} frames its STREAMINFO "
                                    "declares (truncated, or frames failed their CRC)")  # fmt: skip
-    if dtype == "int16":
-        return pcm, rate
-    # libsndfile's scaling, so float samples are the same whichever library decoded them.
-    return pcm * np.float32(1 / 32768), rate
+    return pcm, rate

@@ -323,6 +323,22 @@ def test_decoding_matches_libsndfile_and_accepts_zero_copy_views() -> None:
     assert np.array_equal(decode_flac(flac)[0], floats)
 
 
+def test_load_audio_is_librosa_load_at_the_front_end_rate() -> None:
+    """Decoded, mixed to the channels' mean and resampled with soxr HQ, as librosa.load does it."""
+    from tasks.config import AudioChecks
+    from tasks.features.frontend import load_audio
+
+    for rate, channels in [(44100, 2), (48000, 1), (16000, 2)]:
+        stereo = np.stack([music(2.3, seed=rate), music(2.3, seed=channels) * 0.4], axis=1)[:, :channels]
+        flac = encode_flac(stereo, rate).data
+        ours = load_audio(flac, SR, AudioChecks())
+        theirs, _ = librosa.load(io.BytesIO(flac), sr=SR, mono=True)
+        # librosa pads soxr's output to ceil(n * ratio) samples; soxr itself rounds.
+        n = min(ours.size, theirs.size)
+        assert ours.dtype == np.float32 and abs(ours.size - theirs.size) <= 1
+        assert np.abs(ours[:n] - theirs[:n]).max() < 1e-6, (rate, channels)
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [

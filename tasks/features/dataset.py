@@ -97,7 +97,8 @@ class InputShard:
         keeps its batch (batch_rows clips) in memory until the clip is done. The file is memory-mapped
         rather than read into a fresh buffer that every shard faults in again.
         """
-        for batch in pq.ParquetFile(self.path, memory_map=True).iter_batches(batch_size=batch_rows, columns=["id", "audio"]):
+        shard = pq.ParquetFile(self.path, memory_map=True)
+        for batch in shard.iter_batches(batch_size=batch_rows, columns=["id", "audio"]):
             audio = batch.column("audio")
             for i, clip_id in enumerate(batch.column("id").to_pylist()):
                 yield clip_id, audio[i].as_buffer()
