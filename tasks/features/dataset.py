@@ -287,11 +287,11 @@ class FeatureStore:
 class ShardWriter:
     """The feature files of one input shard, written while its later clips are still computed.
 
-    Rows go out in row groups of about ROW_GROUP_BYTES of tensors as they come, per split, into files of at most
-    rows_per_file rows under temporary names. `commit` renames them into place and then writes
-    the shard's marker, so a killed run leaves no marker and the shard is redone. Writing as the
-    rows come keeps a shard's features out of memory and leaves only the last row group to write
-    once the last clip is done.
+    Rows go out as they come, per split, in row groups of about ROW_GROUP_BYTES of tensors, into
+    files of at most rows_per_file rows under temporary names. `commit` renames them into place
+    and then writes the shard's marker, so a killed run leaves no marker and the shard is redone.
+    Writing as the rows come keeps a shard's features out of memory and leaves only the last row
+    group to write once the last clip is done.
     """
 
     def __init__(self, store: FeatureStore, shard: InputShard) -> None:

@@ -105,10 +105,14 @@ class _Writer:
     def __enter__(self) -> _Writer:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         try:
             while self.writes:
-                self.writes.popleft().result()
+                write = self.writes.popleft()
+                if exc_type is None:
+                    write.result()
+                else:
+                    write.exception()  # let it finish; the error already on its way is the one to tell
         finally:
             self.pool.shutdown(cancel_futures=True)
 
