@@ -304,6 +304,19 @@ def test_a_run_killed_mid_shard_keeps_done_shards_and_the_rerun_finishes_the_sam
         assert meta.num_row_groups >= 2 and all(meta.row_group(g).num_rows <= 2 for g in range(meta.num_row_groups))
 
 
+def test_a_failed_write_stops_the_stage_with_its_error_and_marks_nothing(
+        params: dict, raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    (tmp_path / "raw").symlink_to(raw / "raw")
+
+    def disk_full(self: dataset.ShardWriter, blocks: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(dataset.ShardWriter, "add", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        features_slices(slices_cfg(params, tmp_path), tmp_path)
+    assert not list((tmp_path / "slices").rglob("_shards/*.parquet"))
+
+
 def lie_about_length(flac: bytes) -> bytes:
     """STREAMINFO's 36-bit total-samples field (the low bits of bytes 21-25) set to its maximum."""
     lied = bytearray(flac)
