@@ -20,7 +20,7 @@ from tasks.cli import run_stage
 from tasks.config import ConfigError, FrontEndConfig, apply_overrides, section_config
 from tasks.features import dataset, slices, stage
 from tasks.features.dataset import FeatureDataset, loader, open_table, read_metadata
-from tasks.features.frontend import Spectrogram, check_audio, frame_count
+from tasks.features.frontend import CPU_CHUNK_FRAMES, Spectrogram, check_audio, frame_count
 from tasks.features.slices import features_slices, slice_starts
 from tasks.mirror.store import synth_clip, write_store
 from tasks.storage import Clip, StageFailed
@@ -65,6 +65,20 @@ def test_frontend_matches_librosa(settings: dict) -> None:
     ours = Spectrogram(cfg)(torch.from_numpy(samples)).numpy()
     theirs = librosa_logmel(samples, cfg)
     assert ours.shape == theirs.shape == (frame_count(samples.size, cfg), cfg.n_bands)
+    assert np.abs(ours - theirs).max() < LOG_TOLERANCE
+
+
+@pytest.mark.parametrize(("lead", "trail"), [(0, 0), (262, 3000), (700, 300 * 160 + 17)], ids=["none", "short",
+                                                                                                 "whole-chunk"])
+def test_frontend_padding_is_zeros_around_the_wave(lead: int, trail: int) -> None:
+    """Padding given to the front end is the same as zeros written around the wave, on chunks
+    wholly inside the wave, across its ends, and wholly inside the padding."""
+    cfg = FrontEndConfig()
+    samples = music(3.3, seed=5)
+    ours = Spectrogram(cfg)(torch.from_numpy(samples), lead, trail).numpy()
+    theirs = librosa_logmel(np.pad(samples, (lead, trail)), cfg)
+    assert ours.shape == theirs.shape == (frame_count(lead + samples.size + trail, cfg), cfg.n_bands)
+    assert ours.shape[0] > CPU_CHUNK_FRAMES  # more than one chunk
     assert np.abs(ours - theirs).max() < LOG_TOLERANCE
 
 
@@ -350,6 +364,25 @@ def test_load_audio_is_librosa_load_at_the_front_end_rate() -> None:
         n = min(ours.size, theirs.size)
         assert ours.dtype == np.float32 and abs(ours.size - theirs.size) <= 1
         assert np.abs(ours[:n] - theirs[:n]).max() < 1e-6, (rate, channels)
+
+
+def test_load_audio_checks_every_block_of_a_song() -> None:
+    """The checks run block by block as the song decodes; what only a late block holds still counts."""
+    from tasks.audio import BLOCK_FRAMES
+    from tasks.config import AudioChecks
+    from tasks.features.frontend import load_audio
+
+    rate, frames = 44100, 5 * 44100
+    assert frames > 3 * BLOCK_FRAMES
+    song = np.zeros((frames, 2), np.float32)
+    song[-2000:, 0] = 0.5  # a silent song but for its last block
+    load_audio(encode_flac(song, rate).data, SR, AudioChecks())
+    song[:, 1] = music(5.0, seed=2)[: frames // 4].repeat(4)[:frames] * 0.3
+    clipped = slice(3 * BLOCK_FRAMES, 3 * BLOCK_FRAMES + frames // 25)  # 4% of one channel: 2% of the samples
+    song[clipped, 1] = np.where(np.arange(frames // 25) % 2, 1.0, -1.0)
+    with pytest.raises(AudioError, match=r"^2\.0% of samples at or above 0\.999") as error:
+        load_audio(encode_flac(song, rate).data, SR, AudioChecks())
+    assert error.value.reason == "clipped"
 
 
 @pytest.mark.parametrize(

@@ -50,9 +50,8 @@ def slice_clip(samples: np.ndarray, cfg: FeaturesSlicesConfig, spectrogram: Spec
     total = int(starts[-1]) + size
     # Shift by half the excess of window over hop so frame f's window is centred on cell f.
     lead = (fe.win_length - hop) // 2
-    wave = torch.zeros((total - 1) * hop + fe.win_length, device=spectrogram.window.device)
-    wave[lead : lead + samples.size] = torch.from_numpy(samples)
-    frames = spectrogram(wave)
+    trail = (total - 1) * hop + fe.win_length - lead - samples.size
+    frames = spectrogram(torch.from_numpy(samples).to(spectrogram.window.device), lead, trail)
     index = torch.from_numpy(starts)[:, None] + torch.arange(size)
     slices = frames[index.to(frames.device)].transpose(1, 2)
     tensors = slices.to("cpu", getattr(torch, cfg.dtype)).numpy()
