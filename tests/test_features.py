@@ -20,7 +20,7 @@ from tasks.cli import run_stage
 from tasks.config import ConfigError, FrontEndConfig, apply_overrides, section_config
 from tasks.features import dataset, slices, stage
 from tasks.features.dataset import FeatureDataset, loader, open_table, read_metadata
-from tasks.features.frontend import CPU_CHUNK_FRAMES, Spectrogram, check_audio, frame_count
+from tasks.features.frontend import CPU_CHUNK_FRAMES, Spectrogram, band_groups, check_audio, frame_count
 from tasks.features.slices import features_slices, slice_starts
 from tasks.mirror.store import synth_clip, write_store
 from tasks.storage import Clip, StageFailed
@@ -80,6 +80,18 @@ def test_frontend_padding_is_zeros_around_the_wave(lead: int, trail: int) -> Non
     assert ours.shape == theirs.shape == (frame_count(lead + samples.size + trail, cfg), cfg.n_bands)
     assert ours.shape[0] > CPU_CHUNK_FRAMES  # more than one chunk
     assert np.abs(ours - theirs).max() < LOG_TOLERANCE
+
+
+def test_band_groups_cover_every_non_zero_of_the_bank() -> None:
+    bank = np.zeros((10, 40), np.float32)
+    for band in range(6):  # bands 6-9 are empty
+        bank[band, 3 * band : 3 * band + 5] = 1.0
+    runs = band_groups(bank, 4)
+    assert runs == [(0, 4, 0, 14), (4, 8, 12, 20), (8, 10, 0, 0)]
+    covered = np.zeros_like(bank)
+    for band, band_end, low, high in runs:
+        covered[band:band_end, low:high] = bank[band:band_end, low:high]
+    assert np.array_equal(covered, bank)
 
 
 def test_frontend_vggish_framing_by_hand() -> None:

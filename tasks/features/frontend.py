@@ -41,6 +41,25 @@ def filterbank(cfg: FrontEndConfig) -> np.ndarray:
 # Frames per STFT call on CPU: the complex spectrum of a chunk stays in cache, which makes a
 # long clip about 2.5x faster than one call over all of it (measured: 15 min, 0.30 -> 0.12 s).
 CPU_CHUNK_FRAMES = 256
+# Bands per run of the filterbank product (see band_groups): the fastest for both the 64-band
+# VGGish bank (2 runs) and the 128-band slices bank (4 runs); 16 or 64 are slower for both.
+BANDS_PER_GROUP = 32
+
+
+def band_groups(bank: np.ndarray, per: int) -> list[tuple[int, int, int, int]]:
+    """(first band, end band, first bin, end bin) of runs of `per` adjacent bands of a bands x bins
+    filterbank, each with the bins where any of its bands is non-zero.
+
+    A band covers a few bins, so a run's product needs only its bins: in 4 runs, the 128-band
+    slices bank does a quarter of the multiply-adds, and the front end takes 15% less time.
+    """
+    n_bands = bank.shape[0]
+    runs = []
+    for first in range(0, n_bands, per):
+        end = min(n_bands, first + per)
+        bins = np.flatnonzero(bank[first:end].any(axis=0))
+        runs.append((first, end, int(bins[0]), int(bins[-1]) + 1) if bins.size else (first, end, 0, 0))
+    return runs
 
 
 class Spectrogram(torch.nn.Module):
@@ -50,7 +69,9 @@ class Spectrogram(torch.nn.Module):
         super().__init__()
         self.cfg = cfg
         self.register_buffer("window", torch.hann_window(cfg.win_length, periodic=True), persistent=False)
-        self.register_buffer("bank", torch.from_numpy(filterbank(cfg)).T.contiguous(), persistent=False)
+        bank = filterbank(cfg)
+        self.register_buffer("bank", torch.from_numpy(bank).T.contiguous(), persistent=False)
+        self.groups = band_groups(bank, BANDS_PER_GROUP)
         # torch.stft centres a short window inside the n_fft frame; padding by half the difference
         # puts frame f's window at [f * hop, f * hop + win_length), as VGGish frames it.
         self.pad = (cfg.n_fft - cfg.win_length) // 2
@@ -84,7 +105,9 @@ class Spectrogram(torch.nn.Module):
                               return_complex=True)  # fmt: skip
             # numpy's vectorised complex abs is ~10x faster than torch's on CPU (0.03 vs 0.4 ms a chunk).
             magnitude = spec.abs() if spec.is_cuda else torch.from_numpy(np.abs(spec.numpy()))
-            out[:, first:last] = magnitude.transpose(1, 2) @ self.bank
+            magnitude = magnitude.transpose(1, 2)
+            for band, band_end, low, high in self.groups:
+                out[:, first:last, band:band_end] = magnitude[..., low:high] @ self.bank[low:high, band:band_end]
         return out.add_(cfg.log_offset).log_().reshape(*shape, n_frames, cfg.n_bands)
 
 
