@@ -8,7 +8,8 @@ Prints, side by side:
       melspectrogram with the same settings, log): goal >= 3x;
   (b) the same against the decode-only rate of those clips (FLAC -> float32 samples, what the stage
       and librosa.load compute from) with the stage's own decoder (dr_flac), sequential and on the
-      stage's thread count: goal >= 0.5x; libsndfile's rate (librosa.load's decoder) beside it;
+      stage's thread count: goal >= 0.5x; beside it, dr_flac decoding to int16 (the FLAC's own
+      format, a little less work than float32) and libsndfile (librosa.load's decoder);
   (c) VGGish examples/s on CPU per batch size (fp32), and on CUDA when torch sees one (fp32, bf16),
       plus the features_vggish stage end to end on 10 s clips.
 Each slices figure is the best of --repeats interleaved runs; the ratios are also given repeat by
@@ -86,6 +87,10 @@ def decode_stage(blob: bytes) -> None:
     decode_flac(blob)  # to float32, as load_audio decodes
 
 
+def decode_int16(blob: bytes) -> None:
+    decode_flac(blob, "int16")  # the FLAC's own sample format: the least work decoding can be
+
+
 def decode_sndfile(blob: bytes) -> None:
     sf.read(io.BytesIO(blob), dtype="float32", always_2d=True)  # as librosa.load decodes
 
@@ -153,13 +158,15 @@ def main() -> int:
         print("warming up ...", flush=True)
         librosa_loop(data, fe)
         decode_all(data, WORKERS, decode_stage)
+        decode_all(data, WORKERS, decode_int16)
         decode_all(data, WORKERS, decode_sndfile)
         features_slices(section_config(apply_overrides(params, [f"features_slices.store.out_dir={root / 'warm'}"]),
                                        "features_slices"), root)  # fmt: skip
 
         # Interleaved repeats, best of each: other load on a shared machine only ever adds time.
-        runs: dict[str, list[float]] = {"stage": [], "stage_1": [], "librosa": [], "decode_1": [], "decode_n": [],
-                                        "sndfile_1": [], "sndfile_n": []}  # fmt: skip
+        contenders = (("decode", decode_stage), ("decode16", decode_int16), ("sndfile", decode_sndfile))
+        runs: dict[str, list[float]] = {"stage": [], "stage_1": [], "librosa": []}
+        runs.update({f"{key}_{suffix}": [] for key, _ in contenders for suffix in ("1", "n")})
         for repeat in range(args.repeats):
             for key, workers in (("stage", WORKERS), ("stage_1", 1)):
                 out = f"features_slices.store.out_dir={root / f'{key}-{repeat}'}"
@@ -168,7 +175,7 @@ def main() -> int:
                 runs[key].append(timed(lambda cfg=cfg: features_slices(cfg, root)))
                 stage.WORKERS = WORKERS
             runs["librosa"].append(timed(lambda: librosa_loop(data, fe)))
-            for key, decode in (("decode", decode_stage), ("sndfile", decode_sndfile)):
+            for key, decode in contenders:
                 runs[f"{key}_1"].append(timed(lambda decode=decode: decode_all(data, 1, decode)))
                 runs[f"{key}_n"].append(timed(lambda decode=decode: decode_all(data, WORKERS, decode)))
         best = {k: min(v) for k, v in runs.items()}
@@ -203,10 +210,11 @@ def main() -> int:
             "stage_vs_librosa": round(rate["stage"] / rate["librosa"], 3),
             "stage_vs_decode_parallel": round(rate["stage"] / rate["decode_n"], 3),
             "stage_vs_decode_sequential": round(rate["stage"] / rate["decode_1"], 3),
+            "stage_vs_int16_decode_parallel": round(rate["stage"] / rate["decode16_n"], 3),
             "stage_vs_sndfile_decode_parallel": round(rate["stage"] / rate["sndfile_n"], 3),
             # Each repeat's own ratio: its runs were minutes apart at most, so drift on a shared
             # machine cancels; the spread shows how far to trust the best-of figures.
-            "per_repeat": {key: per_repeat(runs, key) for key in ("librosa", "decode_n", "sndfile_n")},
+            "per_repeat": {key: per_repeat(runs, key) for key in ("librosa", "decode_n", "decode16_n", "sndfile_n")},
             "goals": {"stage_vs_librosa": 3.0, "stage_vs_decode": 0.5},
         },
         "vggish": {
@@ -225,18 +233,20 @@ def main() -> int:
           f"best of {args.repeats} interleaved runs, {WORKERS} stage threads on {os.cpu_count()} cores")
     rows = [(f"features_slices stage, {WORKERS} threads", "stage"), ("features_slices stage, 1 thread", "stage_1"),
             ("librosa loop (load+mel+log)", "librosa")]  # fmt: skip
-    for key, name in (("decode", "dr_flac"), ("sndfile", "libsndfile")):
+    for key, name in (("decode", "dr_flac"), ("decode16", "dr_flac int16"), ("sndfile", "libsndfile")):
         rows += [(f"decode only, {name}, {label}", f"{key}_{suffix}")
                  for label, suffix in ((f"{WORKERS} threads", "n"), ("1 thread", "1"))]  # fmt: skip
-    print(f"{'':36}{'clips/s':>10}{'stage / this':>14}")
+    print(f"{'':40}{'clips/s':>10}{'stage / this':>14}")
     for label, key in rows:
-        print(f"{label:36}{rate[key]:>10.2f}{rate['stage'] / rate[key]:>13.3f}x")
+        print(f"{label:40}{rate[key]:>10.2f}{rate['stage'] / rate[key]:>13.3f}x")
     # Three decimals: a ratio of 0.495 is not the goal of 0.5.
     spread = {k: f"median {v['median']:.3f}x, {v['min']:.3f}-{v['max']:.3f}x" for k, v in s["per_repeat"].items()}
     print(f"stage vs librosa loop: {s['stage_vs_librosa']:.3f}x best of each (goal >= 3x); per repeat "
           f"{spread['librosa']}")  # fmt: skip
     print(f"stage vs decode-only (dr_flac, {WORKERS} threads): {s['stage_vs_decode_parallel']:.3f}x (goal >= 0.5x); "
           f"per repeat {spread['decode_n']}; sequential {s['stage_vs_decode_sequential']:.3f}x")  # fmt: skip
+    print(f"stage vs decode-only to int16 (dr_flac, {WORKERS} threads): {s['stage_vs_int16_decode_parallel']:.3f}x; "
+          f"per repeat {spread['decode16_n']}")  # fmt: skip
     print(f"stage vs decode-only (libsndfile, {WORKERS} threads): {s['stage_vs_sndfile_decode_parallel']:.3f}x; "
           f"per repeat {spread['sndfile_n']}")  # fmt: skip
     print("\nVGGish examples/s   " + "".join(f"{f'batch {b}':>12}" for b in batch_sizes))

@@ -146,9 +146,13 @@ class FlacReader:
             return getattr(miniaudio.lib, read)(self.flac, pcm.shape[0], target)
 
     def _check_length(self, decoded: int) -> None:
+        """The stream held exactly the frames STREAMINFO declares (dr_flac reads on past them)."""
         if decoded != self.frames:
             raise AudioError("decode", f"corrupt FLAC blob: decoded {decoded} of the {self.frames} frames its "
                                        "STREAMINFO declares (truncated, or frames failed their CRC)")  # fmt: skip
+        if self._read_into(np.empty((1, self.channels), np.float32)):
+            raise AudioError("decode", f"corrupt FLAC blob: holds more than the {self.frames} frames its "
+                                       "STREAMINFO declares")  # fmt: skip
 
     def read(self, dtype: str = "float32") -> np.ndarray:
         """Every frame: frames x channels, int16 or float32."""
@@ -162,7 +166,7 @@ class FlacReader:
         buffer = np.empty((min(frames, self.frames), self.channels), np.float32)
         decoded = 0
         while decoded < self.frames:
-            n = self._read_into(buffer)
+            n = self._read_into(buffer[: self.frames - decoded])
             if n == 0:
                 break
             decoded += n

@@ -343,11 +343,11 @@ def test_a_failed_write_stops_the_stage_with_its_error_and_marks_nothing(
     assert not list((tmp_path / "slices").rglob("_shards/*.parquet"))
 
 
-def lie_about_length(flac: bytes) -> bytes:
-    """STREAMINFO's 36-bit total-samples field (the low bits of bytes 21-25) set to its maximum."""
+def lie_about_length(flac: bytes, frames: int = 2**36 - 1) -> bytes:
+    """STREAMINFO's 36-bit total-samples field (the low bits of bytes 21-25) set to `frames`."""
     lied = bytearray(flac)
-    lied[21] |= 0x0F
-    lied[22:26] = b"\xff\xff\xff\xff"
+    lied[21] = (lied[21] & 0xF0) | (frames >> 32)
+    lied[22:26] = (frames & 0xFFFFFFFF).to_bytes(4, "big")
     return bytes(lied)
 
 
@@ -404,15 +404,23 @@ def test_load_audio_checks_every_block_of_a_song() -> None:
         (lambda b: b[:3000] + bytes([b[3000] ^ 0xFF]) + b[3001:], r"frames failed their CRC"),
         (lambda b: b[:120], r"decoded 0 of the \d+ frames"),
         (lie_about_length, r"declares 68719476735 frames, more than \d+ bytes of FLAC can hold"),
+        (lambda b: lie_about_length(b, 70000), r"holds more than the 70000 frames its STREAMINFO declares"),
         (lambda b: b"RIFF" + b[4:], r"no readable FLAC stream header"),
         (lambda b: b"", r"no readable FLAC stream header"),
     ],
-    ids=["truncated", "bit-flip", "header-only", "lying-length", "wrong-format", "empty"],
+    ids=["truncated", "bit-flip", "header-only", "lying-length", "short-length", "wrong-format", "empty"],
 )
-def test_damaged_flac_is_a_decode_error_naming_the_damage(damage, message: str) -> None:
-    flac = encode_flac(music(1.0), SR).data
+@pytest.mark.parametrize("decoder", ["whole", "blocks"])
+def test_damaged_flac_is_a_decode_error_naming_the_damage(damage, message: str, decoder: str) -> None:
+    """Whole (decode_flac) or block by block as the stages read (load_audio); a song longer than a block."""
+    from tasks.audio import BLOCK_FRAMES
+    from tasks.config import AudioChecks
+    from tasks.features.frontend import load_audio
+
+    flac = encode_flac(music(10.0), SR).data
+    assert 2 * BLOCK_FRAMES < 10 * SR
     with pytest.raises(AudioError, match=message) as error:
-        decode_flac(damage(flac))
+        decode_flac(damage(flac)) if decoder == "whole" else load_audio(damage(flac), SR, AudioChecks())
     assert error.value.reason == "decode"
 
 
