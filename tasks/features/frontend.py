@@ -89,9 +89,13 @@ class Spectrogram(torch.nn.Module):
         lead, length = lead + self.pad, lead + n + trail + 2 * self.pad
         n_frames = 1 + (length - cfg.n_fft) // cfg.hop_length
         out = flat.new_empty((flat.shape[0], n_frames, cfg.n_bands))
-        step = n_frames if flat.is_cuda else CPU_CHUNK_FRAMES
-        for first in range(0, n_frames, step):
-            last = min(n_frames, first + step)
+        # Frames starting past the wave see only padding: their spectrum is zero, not computed
+        # (up to half the frames of a short clip padded to whole slices).
+        live = min(n_frames, -(-(n + lead) // cfg.hop_length))
+        out[:, live:] = 0.0
+        step = live if flat.is_cuda else CPU_CHUNK_FRAMES
+        for first in range(0, live, step):
+            last = min(live, first + step)
             # The chunk's samples in the padded wave, [start, end), are [start - lead, end - lead) of `flat`.
             start, end = first * cfg.hop_length - lead, (last - 1) * cfg.hop_length + cfg.n_fft - lead
             lo, hi = max(start, 0), min(end, n)
