@@ -299,6 +299,7 @@ def test_a_run_killed_mid_shard_keeps_done_shards_and_the_rerun_finishes_the_sam
     write_store(tmp_path / "raw", "songs", clips, shard_rows=4)
     monkeypatch.setattr(dataset, "ROW_GROUP_BYTES", 2 * 128 * 128 * 2)  # row groups of 2 float16 slices
     monkeypatch.setattr(stage, "WORKERS", 1)  # clips in order, so the kill falls in the second shard
+    monkeypatch.setattr(slices, "WRITE_CLIPS", 1)  # each clip's rows to the writer as it is done
     cfg = slices_cfg(params, tmp_path, "features_slices.datasets=[songs]")
     reference = features_slices(slices_cfg(params, tmp_path, "features_slices.datasets=[songs]",
                                            f"features_slices.store.out_dir={tmp_path / 'ref'}"), tmp_path)  # fmt: skip

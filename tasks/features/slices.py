@@ -29,6 +29,9 @@ from tasks.features.stage import build_features, resolve_device, torch_threads
 
 log = logging.getLogger("tasks")
 STAGE = "features_slices"
+# Clips handed to the writer at a time: a table built and appended per clip took a third of the
+# writer's time on 4-6 s sung clips (2 slices each); 8 at a time cut the stage's CPU there by 9%.
+WRITE_CLIPS = 8
 
 
 def slice_starts(n_cells: int, size: int, step: int, tail: str) -> list[int]:
@@ -86,4 +89,5 @@ def features_slices(cfg: FeaturesSlicesConfig, root: Path) -> dict[str, Any]:
         return blocks
 
     with torch_threads(1 if device.type == "cpu" else torch.get_num_threads()):
-        return build_features(STAGE, cfg.store, cfg.datasets, cfg.default_splits, root, store, clip, finish)
+        return build_features(STAGE, cfg.store, cfg.datasets, cfg.default_splits, root, store, clip, finish,
+                              WRITE_CLIPS)  # fmt: skip
