@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/features.py [--clips 48] [--songs 48] [--batch-sizes 1,8,32,128]
 
+--clips 0 or --songs 0 measures one kind of audio alone: the ratios depend on the mix.
+
 Prints, side by side:
   (a) features_slices (read shard + decode + resample + log-mel + slices + write Parquet), clips/s,
       against a plain per-clip librosa loop doing the same work (librosa.load at 16 kHz,
@@ -49,17 +51,20 @@ PROJECT = Path(__file__).resolve().parents[1]
 MOODS = ["neutral", "calm", "happy", "sad", "angry", "fearful"]
 
 
-def build_corpus(root: Path, clips: int, songs: int, seed: int) -> None:
-    """RAVDESS-like sung clips (3.8-6.1 s, 48 kHz mono) and CAL500-like songs (30-60 s, 44.1 kHz stereo)."""
+def build_corpus(root: Path, clips: int, songs: int, seed: int) -> list[str]:
+    """RAVDESS-like sung clips (3.8-6.1 s, 48 kHz mono) and CAL500-like songs (30-60 s, 44.1 kHz stereo):
+    the stores of the slices stage that hold any, and a store of 10 s clips for VGGish."""
     rng = np.random.default_rng(seed)
     sung = [synth_clip(f"03-02-{i % 6 + 1:02d}-01-01-01-{i % 24 + 1:02d}-{i}", MOODS[i % 6], rng.uniform(3.8, 6.1),
                        48000, seed, voice=True, meta={"actor": i % 24 + 1}) for i in range(clips)]  # fmt: skip
     long = [synth_clip(f"artist_{i}-song_{i}", MOODS[i % 6], rng.uniform(30.0, 60.0), 44100, seed, channels=2)
             for i in range(songs)]  # fmt: skip
-    write_store(root / "raw", "ravdess", sung, shard_rows=500)
-    write_store(root / "raw", "cal500", long, shard_rows=16)
+    stores = [(name, kept, rows) for name, kept, rows in (("ravdess", sung, 500), ("cal500", long, 16)) if kept]
+    for name, kept, rows in stores:
+        write_store(root / "raw", name, kept, shard_rows=rows)
     clips10 = [synth_clip(f"yt{i:09d}", MOODS[i % 6], 10.0, 16000, seed, meta={"split": "train"}) for i in range(24)]
     write_store(root / "raw", "audioset", clips10, shard_rows=500)
+    return [name for name, _, _ in stores]
 
 
 def blobs(root: Path, datasets: list[str]) -> list[bytes]:
@@ -129,10 +134,10 @@ def vggish_rates(batch_sizes: list[int], device: torch.device, dtype: torch.dtyp
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", type=int, default=48, help="RAVDESS-like sung clips (3.8-6.1 s)")
+    parser.add_argument("--clips", type=int, default=48, help="RAVDESS-like sung clips (3.8-6.1 s); 0: none")
     # Three CAL500 shards of 16 songs, as the real store cuts them (31 shards of 16): throughput over
     # several shards, not one shard's start-up and final write against 20 s of songs.
-    parser.add_argument("--songs", type=int, default=48, help="CAL500-like songs (30-60 s, stereo)")
+    parser.add_argument("--songs", type=int, default=48, help="CAL500-like songs (30-60 s, stereo); 0: none")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-sizes", default="1,8,32,128")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats; the best of each counts")
@@ -144,13 +149,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-features-") as tmp:
         root = Path(tmp)
         print(f"generating {args.clips} sung clips and {args.songs} songs ...", flush=True)
-        build_corpus(root, args.clips, args.songs, args.seed)
+        datasets = build_corpus(root, args.clips, args.songs, args.seed)
         params = apply_overrides(load_params(PROJECT / "params.yaml"), [f"features_slices.store.raw_dir={root / 'raw'}",
-                                 f"features_slices.store.metrics_file={root / 'm.json'}"])  # fmt: skip
-        data = blobs(root, ["ravdess", "cal500"])
+                                 f"features_slices.store.metrics_file={root / 'm.json'}",
+                                 f"features_slices.datasets=[{','.join(datasets)}]"])  # fmt: skip
+        data = blobs(root, datasets)
         n = len(data)
         audio_s = sum(sum(pq.read_table(root / "raw" / d / "manifest.parquet").column("duration_s").to_pylist())
-                      for d in ("ravdess", "cal500"))  # fmt: skip
+                      for d in datasets)  # fmt: skip
         fe = params["features_slices"]["frontend"]
 
         # Every contender once over the whole corpus: librosa compiles numba code on first use,
@@ -229,7 +235,8 @@ def main() -> int:
     args.out.write_text(json.dumps(results, indent=2) + "\n")
 
     s = results["slices"]
-    print(f"\n{n} clips, {audio_s / 60:.1f} min of audio (48 kHz mono clips, 44.1 kHz stereo songs); "
+    print(f"\n{args.clips} sung clips (48 kHz mono) and {args.songs} songs (44.1 kHz stereo), {audio_s / 60:.1f} min "
+          "of audio; "
           f"best of {args.repeats} interleaved runs, {WORKERS} stage threads on {os.cpu_count()} cores")
     rows = [(f"features_slices stage, {WORKERS} threads", "stage"), ("features_slices stage, 1 thread", "stage_1"),
             ("librosa loop (load+mel+log)", "librosa")]  # fmt: skip
