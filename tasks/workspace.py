@@ -213,10 +213,18 @@ class AirflowServices:
         runs = resp.json()["dag_runs"]
         return runs[0]["dag_run_id"] if runs else None
 
-    def assets_produced(self, dag_id: str, run_id: str) -> set[str]:
-        """Names of the Assets a run updated (its tasks' outlet events)."""
-        resp = self.api("GET", "/api/v2/assets/events", params={"source_dag_id": dag_id, "source_run_id": run_id,
-                                                                  "limit": 1000})  # fmt: skip
+    def assets_produced(self, dag_id: str, run_id: str, timeout: float = 60) -> set[str]:
+        """Names of the Assets a run updated (its tasks' outlet events).
+
+        Airflow (before apache/airflow#71379) answers 500 while a run those events triggered is
+        queued without a start date, usually for milliseconds, so a 500 is asked again until timeout.
+        """
+        query = {"source_dag_id": dag_id, "source_run_id": run_id, "limit": 1000}
+        deadline = time.monotonic() + timeout
+        resp = self.api("GET", "/api/v2/assets/events", params=query)
+        while resp.status_code == 500 and time.monotonic() < deadline:
+            time.sleep(1)
+            resp = self.api("GET", "/api/v2/assets/events", params=query)
         resp.raise_for_status()
         return {event["name"] for event in resp.json()["asset_events"]}
 

@@ -1,0 +1,67 @@
+"""AirflowServices against a loopback stand-in for the API server: what the real one does only in a race."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+
+from tasks.workspace import AirflowServices
+
+
+@pytest.fixture
+def api_server() -> Iterator[tuple[ThreadingHTTPServer, dict[str, int]]]:
+    """Answers /auth/token, and /api/v2/assets/events with a 500 for the first `failures` calls."""
+    state = {"failures": 0, "calls": 0}
+
+    class Handler(BaseHTTPRequestHandler):
+        def reply(self, status: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.reply(201, {"access_token": "token"})
+
+        def do_GET(self) -> None:
+            state["calls"] += 1
+            if state["calls"] <= state["failures"]:
+                self.reply(500, {"detail": "Internal Server Error"})
+            else:
+                self.reply(200, {"asset_events": [{"name": "raw_ravdess"}, {"name": "raw_cal500"}], "total_entries": 2})
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server, state
+    server.shutdown()
+
+
+def services(server: ThreadingHTTPServer, tmp_path: Path) -> AirflowServices:
+    return AirflowServices({"AIRFLOW_HOME": str(tmp_path)}, server.server_address[1])
+
+
+def test_assets_produced_asks_again_while_airflow_answers_500(api_server, tmp_path: Path) -> None:
+    server, state = api_server
+    state["failures"] = 2
+    assert services(server, tmp_path).assets_produced("acquire", "run") == {"raw_ravdess", "raw_cal500"}
+    assert state["calls"] == 3
+
+
+def test_assets_produced_gives_up_on_500_at_its_timeout(api_server, tmp_path: Path) -> None:
+    server, state = api_server
+    state["failures"] = 1000
+    with pytest.raises(requests.HTTPError, match="500"):
+        services(server, tmp_path).assets_produced("acquire", "run", timeout=1.5)
+    assert 2 <= state["calls"] <= 4
