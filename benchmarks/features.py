@@ -100,6 +100,11 @@ def decode_sndfile(blob: bytes) -> None:
     sf.read(io.BytesIO(blob), dtype="float32", always_2d=True)  # as librosa.load decodes
 
 
+# Decode-only baselines: (key in the results, name in the table, decoder).
+CONTENDERS = (("decode", "dr_flac", decode_stage), ("decode16", "dr_flac int16", decode_int16),
+              ("sndfile", "libsndfile", decode_sndfile))  # fmt: skip
+
+
 def decode_all(data: list[bytes], workers: int, decode: Callable[[bytes], object]) -> None:
     if workers == 1:
         for blob in data:
@@ -163,16 +168,14 @@ def main() -> int:
         # and the stage's allocators grow to their steady size on its first pass.
         print("warming up ...", flush=True)
         librosa_loop(data, fe)
-        decode_all(data, WORKERS, decode_stage)
-        decode_all(data, WORKERS, decode_int16)
-        decode_all(data, WORKERS, decode_sndfile)
+        for _, _, decode in CONTENDERS:
+            decode_all(data, WORKERS, decode)
         features_slices(section_config(apply_overrides(params, [f"features_slices.store.out_dir={root / 'warm'}"]),
                                        "features_slices"), root)  # fmt: skip
 
         # Interleaved repeats, best of each: other load on a shared machine only ever adds time.
-        contenders = (("decode", decode_stage), ("decode16", decode_int16), ("sndfile", decode_sndfile))
         runs: dict[str, list[float]] = {"stage": [], "stage_1": [], "librosa": []}
-        runs.update({f"{key}_{suffix}": [] for key, _ in contenders for suffix in ("1", "n")})
+        runs.update({f"{key}_{suffix}": [] for key, _, _ in CONTENDERS for suffix in ("1", "n")})
         for repeat in range(args.repeats):
             for key, workers in (("stage", WORKERS), ("stage_1", 1)):
                 out = f"features_slices.store.out_dir={root / f'{key}-{repeat}'}"
@@ -181,7 +184,7 @@ def main() -> int:
                 runs[key].append(timed(lambda cfg=cfg: features_slices(cfg, root)))
                 stage.WORKERS = WORKERS
             runs["librosa"].append(timed(lambda: librosa_loop(data, fe)))
-            for key, decode in contenders:
+            for key, _, decode in CONTENDERS:
                 runs[f"{key}_1"].append(timed(lambda decode=decode: decode_all(data, 1, decode)))
                 runs[f"{key}_n"].append(timed(lambda decode=decode: decode_all(data, WORKERS, decode)))
         best = {k: min(v) for k, v in runs.items()}
@@ -240,7 +243,7 @@ def main() -> int:
           f"best of {args.repeats} interleaved runs, {WORKERS} stage threads on {os.cpu_count()} cores")
     rows = [(f"features_slices stage, {WORKERS} threads", "stage"), ("features_slices stage, 1 thread", "stage_1"),
             ("librosa loop (load+mel+log)", "librosa")]  # fmt: skip
-    for key, name in (("decode", "dr_flac"), ("decode16", "dr_flac int16"), ("sndfile", "libsndfile")):
+    for key, name, _ in CONTENDERS:
         rows += [(f"decode only, {name}, {label}", f"{key}_{suffix}")
                  for label, suffix in ((f"{WORKERS} threads", "n"), ("1 thread", "1"))]  # fmt: skip
     print(f"{'':40}{'clips/s':>10}{'stage / this':>14}")

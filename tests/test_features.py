@@ -15,12 +15,19 @@ import pytest
 import soundfile as sf
 import torch
 
-from tasks.audio import AudioError, FlacBlob, decode_flac, encode_flac
+from tasks.audio import BLOCK_FRAMES, AudioError, FlacBlob, decode_flac, encode_flac
 from tasks.cli import run_stage
-from tasks.config import ConfigError, FrontEndConfig, apply_overrides, section_config
+from tasks.config import AudioChecks, ConfigError, FrontEndConfig, apply_overrides, section_config
 from tasks.features import dataset, slices, stage
 from tasks.features.dataset import FeatureDataset, loader, open_table, read_metadata
-from tasks.features.frontend import CPU_CHUNK_FRAMES, Spectrogram, band_groups, check_audio, frame_count
+from tasks.features.frontend import (
+    CPU_CHUNK_FRAMES,
+    LevelCheck,
+    Spectrogram,
+    band_groups,
+    frame_count,
+    load_audio,
+)
 from tasks.features.slices import features_slices, slice_starts
 from tasks.mirror.store import synth_clip, write_store
 from tasks.storage import Clip, StageFailed
@@ -141,9 +148,13 @@ def test_slice_starts(n_cells: int, step: int, tail: str, starts: list[int]) -> 
     assert slice_starts(n_cells, 128, step, tail) == starts
 
 
-def test_check_audio_reasons() -> None:
-    from tasks.config import AudioChecks
+def check_audio(samples: np.ndarray, checks: AudioChecks) -> None:
+    levels = LevelCheck(checks)
+    levels.add(samples)
+    levels.verdict()
 
+
+def test_check_audio_reasons() -> None:
     checks = AudioChecks()
     good = music(0.5)[:, None]
     check_audio(good, checks)
@@ -365,9 +376,6 @@ def test_decoding_matches_libsndfile_and_accepts_zero_copy_views() -> None:
 
 def test_load_audio_is_librosa_load_at_the_front_end_rate() -> None:
     """Decoded, mixed to the channels' mean and resampled with soxr HQ, as librosa.load does it."""
-    from tasks.config import AudioChecks
-    from tasks.features.frontend import load_audio
-
     for rate, channels in [(44100, 2), (48000, 1), (16000, 2)]:
         stereo = np.stack([music(2.3, seed=rate), music(2.3, seed=channels) * 0.4], axis=1)[:, :channels]
         flac = encode_flac(stereo, rate).data
@@ -381,10 +389,6 @@ def test_load_audio_is_librosa_load_at_the_front_end_rate() -> None:
 
 def test_load_audio_checks_every_block_of_a_song() -> None:
     """The checks run block by block as the song decodes; what only a late block holds still counts."""
-    from tasks.audio import BLOCK_FRAMES
-    from tasks.config import AudioChecks
-    from tasks.features.frontend import load_audio
-
     rate, frames = 44100, 5 * 44100
     assert frames > 3 * BLOCK_FRAMES
     song = np.zeros((frames, 2), np.float32)
@@ -414,10 +418,6 @@ def test_load_audio_checks_every_block_of_a_song() -> None:
 @pytest.mark.parametrize("decoder", ["whole", "blocks"])
 def test_damaged_flac_is_a_decode_error_naming_the_damage(damage, message: str, decoder: str) -> None:
     """Whole (decode_flac) or block by block as the stages read (load_audio); a song longer than a block."""
-    from tasks.audio import BLOCK_FRAMES
-    from tasks.config import AudioChecks
-    from tasks.features.frontend import load_audio
-
     flac = encode_flac(music(10.0), SR).data
     assert 2 * BLOCK_FRAMES < 10 * SR
     with pytest.raises(AudioError, match=message) as error:

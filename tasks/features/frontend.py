@@ -148,23 +148,14 @@ class LevelCheck:
                                         f"(max_clipped_share {checks.max_clipped_share:.1%})")  # fmt: skip
 
 
-def check_audio(samples: np.ndarray, checks: AudioChecks) -> None:
-    """Raise AudioError for audio no feature should be computed from (float samples in [-1, 1], any shape)."""
-    levels = LevelCheck(checks)
-    levels.add(samples)
-    levels.verdict()
-
-
-def to_mono(pcm: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """float32 frames x channels -> mono (into `out` if given): the channels' mean, channel by channel.
+def to_mono(pcm: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """float32 frames x channels -> mono into `out`: the channels' mean, channel by channel.
 
     Column sums are an order of magnitude faster than mean(axis=1) over a 2-wide inner axis; a
     matrix-vector product is faster still alone, but BLAS starts threads of its own in every
     worker, and the stage ran 20% slower with it.
     """
     if pcm.shape[1] == 1:
-        if out is None:
-            return pcm[:, 0]
         out[:] = pcm[:, 0]
         return out
     mono = np.add(pcm[:, 0], pcm[:, 1], out=out)
@@ -186,7 +177,7 @@ def load_audio(blob: FlacBytes, sample_rate: int, checks: AudioChecks) -> np.nda
         mono, rate, done = np.empty(flac.frames, np.float32), flac.rate, 0
         for block in flac.blocks():
             levels.add(block)
-            to_mono(block, out=mono[done : done + block.shape[0]])
+            to_mono(block, mono[done : done + block.shape[0]])
             done += block.shape[0]
     levels.verdict()
     if rate != sample_rate:
