@@ -17,6 +17,8 @@ ROOT = Path(os.environ.get("MOOD_PIPELINE_ROOT") or Path(__file__).resolve().par
 START = datetime(2026, 1, 1)
 DVC_POOL = "dvc"  # one slot: DVC holds a repo-wide lock, so its commands must not overlap
 AUDIOSET_POOL = "audioset_downloads"  # caps AudioSet shard tasks across all workers (tasks.workspace sizes it)
+GPU_POOL = "gpu"  # one slot per GPU (tasks.workspace sizes it; 1 where there is none, so CPU runs go one at a time)
+GPU_QUEUE = "gpu"  # CeleryExecutor: only GPU workers listen on it
 
 # Tasks that touch the network: sources fail transiently, so back off and try again.
 NETWORK_ARGS = {
@@ -39,6 +41,11 @@ def features_asset(name: str) -> Asset:
     return Asset(name=f"features_{name}", uri=f"file://{ROOT}/data/features/{name}", group="features")
 
 
+def model_asset(name: str) -> Asset:
+    """A trained model of the matrix (models/<name>); the evaluation DAG schedules on it."""
+    return Asset(name=f"model_{name}", uri=f"file://{ROOT}/models/{name}", group="models")
+
+
 @task(**LOCAL_ARGS)
 def run_stage(stage: str) -> dict[str, Any]:
     """Run one stage in the workspace: the function `dvc repro` runs (override retries per use)."""
@@ -49,8 +56,12 @@ def run_stage(stage: str) -> dict[str, Any]:
 
 
 @task(pool=DVC_POOL, **LOCAL_ARGS)
-def version(stage: str, metrics: dict[str, Any]) -> dict[str, Any]:
-    """Record the stage's outputs in dvc.lock and push them, so `dvc status` stays clean."""
+def version(stage: str, metrics: Any) -> dict[str, Any]:
+    """Record the stage's outputs in dvc.lock and push them, so `dvc status` stays clean.
+
+    metrics: the stage task's result, or the list of results of a mapped stage task.
+    """
     from tasks.versioning import commit_and_push
 
-    return {**metrics, "dvc": commit_and_push(ROOT, [stage])}
+    summary = metrics if isinstance(metrics, dict) else {"items": list(metrics)}
+    return {**summary, "dvc": commit_and_push(ROOT, [stage])}

@@ -27,8 +27,20 @@ from tasks.workspace import PROJECT, AirflowServices, airflow_env, free_port, ma
 DAGS = ["acquire"]
 METRICS = {"RAVDESS": "metrics/acquire_ravdess.json", "CAL500": "metrics/acquire_cal500.json",
            "AudioSet": "metrics/acquire_audioset.json"}  # fmt: skip
-# Scheduled on the acquire DAG's Assets: the scheduler starts them when their raw stores are updated.
+# Scheduled on Assets: the features DAGs on the raw stores acquire updates, train on both feature datasets.
 FEATURE_DAGS = {"features_slices": "metrics/features_slices.json", "features_vggish": "metrics/features_vggish.json"}
+ASSET_DAGS = [*FEATURE_DAGS, "train"]
+# The demo's model matrix trains in about a minute on 2 cores: the small CNN on slices, logistic
+# regression and an LSTM on (random-weight) VGGish embeddings, and the log-mel statistics baseline.
+DEMO_EPOCHS = 30
+
+
+def train_overrides(mlflow_url: str, ravdess_actors: int) -> list[str]:
+    """The workspace logs to the demo's MLflow server; RAVDESS models validate on one held-out actor."""
+    folds = max(2, min(5, ravdess_actors))
+    return [f"train.common.tracking_uri={mlflow_url}",
+            *(f"train.models.{m}.split.k={folds}" for m in ("cnn_ravdess", "stats_ravdess")),
+            f"train.architectures.small_cnn.epochs={DEMO_EPOCHS}"]  # fmt: skip
 
 
 def start_mlflow(store: Path, mlflow_port: int) -> subprocess.Popen[bytes]:
@@ -38,7 +50,7 @@ def start_mlflow(store: Path, mlflow_port: int) -> subprocess.Popen[bytes]:
                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
 
 
-def report(workspace: Path, states: dict[str, dict[str, str]]) -> None:
+def report(workspace: Path, states: dict[str, dict[str, str]], mlflow_url: str) -> None:
     print("\n=== results ===")
     for dag_id, tasks in states.items():
         print(f"DAG {dag_id}: " + ", ".join(f"{t}={s}" for t, s in sorted(tasks.items())))
@@ -59,6 +71,8 @@ def report(workspace: Path, states: dict[str, dict[str, str]]) -> None:
     for dag_id, rel in FEATURE_DAGS.items():
         if (workspace / rel).exists():
             print(feature_line(dag_id, json.loads((workspace / rel).read_text())))
+    for card in sorted((workspace / "models").glob("*/model.json")):
+        print(model_line(json.loads(card.read_text()), mlflow_url))
     print("dvc status:", dvc(workspace, "status").strip())
 
 
@@ -73,9 +87,21 @@ def feature_line(dag_id: str, m: dict) -> str:
             f"{m['mb']:.1f} MB{random}")  # fmt: skip
 
 
-def wait_for_features(services: AirflowServices, produced: set[str], states: dict[str, dict[str, str]]) -> None:
-    """Wait for each features DAG the acquire run's Assets triggered; skip, saying so, those they did not."""
-    for dag_id in FEATURE_DAGS:
+def model_line(card: dict, mlflow_url: str) -> str:
+    m = card["metrics"]
+    random = " [RANDOM VGGish weights]" if m["random_vggish_weights"] else ""
+    where = (f"{card['registered_model']} v{card['version']} (champion: v{card['champion_version']}) "
+             f"{mlflow_url}/#/models/{card['registered_model']}/versions/{card['version']}"
+             if card["registered_model"] else "not registered")  # fmt: skip
+    return (f"model {card['name']} ({card['arch']} on {card['dataset']}): validation clip accuracy "
+            f"{m['val_clip_accuracy']:.3f} (95% CI {m['val_clip_accuracy_ci95_low']:.3f}-"
+            f"{m['val_clip_accuracy_ci95_high']:.3f}; majority baseline {m['majority_baseline']:.3f}, chance "
+            f"{m['chance']:.3f}; {m['val_clips']} clips){random}; MLflow run {card['mlflow_run_id']}; {where}")
+
+
+def wait_for_triggered(services: AirflowServices, produced: set[str], states: dict[str, dict[str, str]]) -> None:
+    """Wait for each Asset-scheduled DAG the runs so far triggered; skip, saying so, those they did not."""
+    for dag_id in ASSET_DAGS:
         services.wait_for_dag(dag_id)
         missing = services.trigger_assets(dag_id) - produced
         if missing:
@@ -88,13 +114,14 @@ def wait_for_features(services: AirflowServices, produced: set[str], states: dic
         state = services.wait_for_run(dag_id, run_id)
         print(f"{dag_id}: {state} in {time.monotonic() - started:.0f} s", flush=True)
         states[dag_id] = services.task_states(dag_id, run_id)
+        produced |= services.assets_produced(dag_id, run_id)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--no-wait", action="store_true", help="stop the services when the run ends")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ravdess-actors", type=int, default=2)
+    parser.add_argument("--ravdess-actors", type=int, default=3, help="at least 2: models validate on held-out actors")
     parser.add_argument("--cal500-songs", type=int, default=12)
     parser.add_argument("--dir", type=Path, default=PROJECT / ".demo", help="where the demo keeps its state")
     args = parser.parse_args()
@@ -106,13 +133,15 @@ def main() -> int:
     print(f"building the generated corpus in {demo / 'mirror'} ...", flush=True)
     files = build_corpus(demo / "mirror", spec)
     mirror = MirrorServer(demo / "mirror", port=free_port(8765)).start()
-    workspace = make_workspace(demo / "workspace", mirror_overrides(mirror.url, files))
+    mlflow_port = free_port(5000)
+    mlflow_url = f"http://127.0.0.1:{mlflow_port}"
+    workspace = make_workspace(demo / "workspace", [*mirror_overrides(mirror.url, files),
+                                                    *train_overrides(mlflow_url, args.ravdess_actors)])
     password = secrets.token_urlsafe(9)
     shutil.rmtree(demo / "airflow", ignore_errors=True)
     env = airflow_env(demo / "airflow", workspace, admin_password=password)
     print("migrating the Airflow metadata DB ...", flush=True)
     prepare_airflow(env)
-    mlflow_port = free_port(5000)
     mlflow_proc = start_mlflow(demo / "mlflow", mlflow_port)
     services = AirflowServices(env, free_port(8080), password).start()
     code = 1
@@ -127,19 +156,21 @@ def main() -> int:
             print(f"{dag_id}: {state} in {time.monotonic() - started:.0f} s", flush=True)
             states[dag_id] = services.task_states(dag_id, run_id)
             if dag_id == "acquire":
-                wait_for_features(services, services.assets_produced(dag_id, run_id), states)
-        report(workspace, states)
+                wait_for_triggered(services, services.assets_produced(dag_id, run_id), states)
+        report(workspace, states, mlflow_url)
         code = 0 if all(s == "success" for t in states.values() for s in t.values()) else 1
         print(f"""
 === where to look ===
 Airflow UI   {services.url}   user: admin   password: {password}
-MLflow UI    http://127.0.0.1:{mlflow_port}
+MLflow UI    {mlflow_url}   (experiments mood-spectrogram, mood-audioset; Models: mood-*, alias champion)
 Workspace    {workspace}   (a git + DVC repo; its params.yaml points at the mirror)
   cd {workspace} && {Path(sys.executable).parent}/dvc status     # clean: dvc.lock matches the run
-  {Path(sys.executable).parent}/dvc metrics show                  # the counts above
+  {Path(sys.executable).parent}/dvc metrics show                  # the counts and validation scores above
+  {Path(sys.executable).parent}/dvc exp run -S train.models.cnn_ravdess.seed=1   # retrain one model, new MLflow run
   {Path(sys.executable).parent}/dvc repro                         # nothing to do: already reproduced
 Raw clips    {workspace}/data/raw/<dataset>/{{manifest,failures}}.parquet and shards/
 Features     {workspace}/data/features/<slices|vggish>/dataset=*/split=*/*.parquet, _dataset.json, _failures.parquet
+Models       {workspace}/models/<name>/ (weights + model.json), plots/train_<name>.csv (dvc plots show)
 Mirror       {mirror.url} serving {demo / 'mirror'}
 Logs         {demo / 'airflow'}/*.log, {demo / 'mlflow.log'}""")
         if not args.no_wait and sys.stdin.isatty():

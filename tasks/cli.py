@@ -43,11 +43,14 @@ STAGES: dict[str, Stage] = {
                              "square log-mel spectrogram slices of the stored clips and songs"),
     "features_vggish": Stage("features_vggish", "tasks.features.vggish:features_vggish",
                              "VGGish embeddings (128-d per 0.96 s) of the stored clips"),
+    "train": Stage("train", "tasks.train.stage:train",
+                   "train the model matrix (train@NAME: one entry), log to MLflow, register"),
 }  # fmt: skip
 
 
 def stage_config(name: str, root: Path, params_file: Path | None = None, overrides: list[str] | None = None) -> Any:
     """The validated params section of stage `name`, for tasks that run one step of a stage."""
+    name = name.partition("@")[0]
     if name not in STAGES:
         raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
     params = load_params(params_file or root / DEFAULT_PARAMS, overrides)
@@ -55,9 +58,13 @@ def stage_config(name: str, root: Path, params_file: Path | None = None, overrid
 
 
 def run_stage(name: str, root: Path, params_file: Path | None = None, overrides: list[str] | None = None) -> dict:
-    """Validate the stage's params section and run it with `root` as the workspace."""
+    """Validate the stage's params section and run it with `root` as the workspace.
+
+    `stage@item` runs one item of a foreach stage, as dvc.yaml names it (train@cnn_ravdess).
+    """
     cfg = stage_config(name, root, params_file, overrides)
-    return STAGES[name].function()(cfg, root)
+    stage, _, item = name.partition("@")
+    return STAGES[stage].function()(cfg, root, item) if item else STAGES[stage].function()(cfg, root)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ so changing a key reruns only the stages that read it.
 from __future__ import annotations
 
 import copy
+import re
 import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tasks.errors import PipelineError
 
 DEFAULT_PARAMS = Path("params.yaml")
+PARTITION_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 class ConfigError(PipelineError):
@@ -288,6 +290,137 @@ class AcquireAudiosetConfig(Section):
         return value
 
 
+
+SLICE_ARCHS = ("resnet50", "resnet152", "vgg11", "vgg19", "googlenet", "small_cnn", "logreg_stats")
+EMBEDDING_ARCHS = ("logreg", "lstm1", "lstm3")
+
+
+class ArchConfig(Section):
+    """Hyperparameters of one architecture (the spectrogram study's Table 1 for its nets)."""
+
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    batch_size: PositiveInt = 32
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    gamma: Annotated[float, Field(gt=0, le=1)] = 1.0  # StepLR factor every step_epochs
+    step_epochs: PositiveInt = 10
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: Share = 0.9
+    epochs: PositiveInt = 100
+    patience: PositiveInt = 10  # epochs without a lower validation loss before stopping
+    hidden: PositiveInt = 128  # LSTM hidden size
+    dropout: Share = 0.0
+    C: Annotated[float, Field(gt=0)] = 1.0  # logreg_stats: inverse regularisation strength
+    weights: DownloadConfig | None = None  # pretrained state dict (e.g. ImageNet); null: random init
+
+
+class SplitConfig(Section):
+    """Grouped train/validation split: a clip's slices, and a singer's clips, stay on one side.
+
+    random: val_share of the clips at random (the study's 50/50, 80/20, 90/10 by clip);
+    actors: the clips of test_actors are the validation side (speaker-independent RAVDESS);
+    actor_folds: fold `fold` of k folds by actor; stratified_folds: fold `fold` of k
+    label-stratified folds by clip (the AudioSet study's 400 clips).
+    """
+
+    kind: Literal["random", "actors", "actor_folds", "stratified_folds"] = "random"
+    val_share: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    test_actors: list[int] = []
+    k: Annotated[int, Field(ge=2)] = 5
+    fold: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _complete(self) -> SplitConfig:
+        if self.kind == "actors" and not self.test_actors:
+            raise ValueError("kind 'actors' needs test_actors, e.g. [19, 20]")
+        if self.kind.endswith("folds") and self.fold >= self.k:
+            raise ValueError(f"fold {self.fold} is not below k {self.k}")
+        return self
+
+
+class ModelEntry(Section):
+    """One cell of the model matrix: architecture x data x split x seed."""
+
+    arch: Literal[SLICE_ARCHS + EMBEDDING_ARCHS]  # type: ignore[valid-type]
+    dataset: str  # partition of the feature dataset; names its label vocabulary
+    split: SplitConfig = SplitConfig()
+    seed: int = 0
+    overrides: dict[str, Any] = {}  # keys of ArchConfig for this cell only
+
+    @property
+    def features(self) -> str:
+        return "slices" if self.arch in SLICE_ARCHS else "vggish"
+
+    @property
+    def study(self) -> str:
+        return "spectrogram" if self.features == "slices" else "audioset"
+
+
+class AugmentConfig(Section):
+    """Batch augmentation of log-mel slices; 0 turns each off."""
+
+    brightness: Annotated[float, Field(ge=0)] = 0.0  # add U(-b, b) to the log-mel image (a gain)
+    contrast: Share = 0.0  # scale around the image mean by U(1 - c, 1 + c)
+    time_masks: Annotated[int, Field(ge=0)] = 0  # SpecAugment masks per image
+    time_mask_frames: Annotated[int, Field(ge=0)] = 0  # widest mask
+    freq_masks: Annotated[int, Field(ge=0)] = 0
+    freq_mask_bands: Annotated[int, Field(ge=0)] = 0
+    mixup_alpha: Annotated[float, Field(ge=0)] = 0.0  # Beta(a, a) mixing of images and targets
+
+
+class SearchConfig(Section):
+    """Optuna search: `trials` seeded parameter sets, each a nested MLflow run; 0 trains the defaults."""
+
+    trials: Annotated[int, Field(ge=0)] = 0
+    sampler: Literal["random", "tpe"] = "random"
+    seed: int = 0
+    # name -> [low, high] (log-uniform for lr and weight_decay, uniform otherwise) or a list of choices
+    space: dict[str, list[Any]] = {}
+
+
+class TrainCommonConfig(Section):
+    features: dict[Literal["slices", "vggish"], str]  # feature dataset directories
+    vocabularies: dict[str, list[str]] = Field(min_length=1)  # dataset -> label list, in output order
+    tracking_uri: str = "http://127.0.0.1:5000"  # $MLFLOW_TRACKING_URI wins
+    register_models: bool = True
+    device: Device = "auto"
+    models_dir: str = "models"
+    metrics_dir: str = "metrics"
+    plots_dir: str = "plots"
+    checkpoint_dir: str = ".cache/train"  # per-epoch checkpoints, outside DVC outputs, for retries
+    gpu_lock_dir: str = ".cache/gpu-locks"
+    min_real_share: Share = 0.0  # slices with less real audio are dropped from training
+    vote_weighting: Literal["real_share", "equal"] = "real_share"
+    sequence_length: PositiveInt = 10  # VGGish examples per clip (10 x 0.96 s)
+    augment: AugmentConfig = AugmentConfig()
+    search: SearchConfig = SearchConfig()
+
+
+class TrainConfig(Section):
+    common: TrainCommonConfig
+    architectures: dict[str, ArchConfig]
+    models: dict[str, ModelEntry] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        for name, entry in self.models.items():
+            if not PARTITION_NAME.match(name):
+                raise ValueError(f"model name {name!r} must be letters, digits, _ or -")
+            if entry.arch not in self.architectures:
+                raise ValueError(f"models.{name}.arch {entry.arch!r} has no entry under architectures")
+            if entry.dataset not in self.common.vocabularies:
+                raise ValueError(f"models.{name}.dataset {entry.dataset!r} has no label list under "
+                                 f"common.vocabularies ({sorted(self.common.vocabularies)})")
+            unknown = set(entry.overrides) - set(ArchConfig.model_fields)
+            if unknown:
+                raise ValueError(f"models.{name}.overrides: unknown keys {sorted(unknown)}")
+        return self
+
+    def arch_config(self, name: str) -> ArchConfig:
+        entry = self.models[name]
+        base = self.architectures[entry.arch].model_dump()
+        return ArchConfig.model_validate({**base, **entry.overrides})
+
+
 SECTIONS: dict[str, type[Section]] = {
     "acquire_ravdess": AcquireRavdessConfig,
     "acquire_cal500": AcquireCal500Config,
@@ -295,6 +428,7 @@ SECTIONS: dict[str, type[Section]] = {
     "features_vggish": FeaturesVggishConfig,
     "select_audioset": SelectAudiosetConfig,
     "acquire_audioset": AcquireAudiosetConfig,
+    "train": TrainConfig,
 }
 
 

@@ -21,6 +21,7 @@ import requests
 import yaml
 
 from tasks.config import apply_overrides, load_params
+from tasks.train.gpu import visible_gpus
 
 PROJECT = Path(__file__).resolve().parents[1]
 GIT_ID = ["-c", "user.email=pipeline@localhost", "-c", "user.name=mood-pipeline"]
@@ -87,15 +88,19 @@ def airflow(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess
                           text=True, timeout=timeout, check=False)  # fmt: skip
 
 
-def prepare_airflow(env: dict[str, str], audioset_slots: int | None = None) -> None:
+def prepare_airflow(env: dict[str, str], audioset_slots: int | None = None, gpu_slots: int | None = None) -> None:
     """Migrate the metadata DB and create the pools the DAGs use.
 
     audioset_slots: AudioSet shard tasks at once across all workers (default: $AUDIOSET_DOWNLOAD_SLOTS or 4);
     each keeps acquire_audioset.concurrency downloads in flight.
+    gpu_slots: training tasks at once, one per GPU (default: the GPUs nvidia-smi lists, at least 1 so
+    that a machine without one trains on its CPU, one model at a time).
     """
     slots = audioset_slots or int(env.get("AUDIOSET_DOWNLOAD_SLOTS", "4"))
+    gpus = gpu_slots or max(1, len(visible_gpus()))
     for args in (("db", "migrate"), ("pools", "set", "dvc", "1", "DVC holds a repo-wide lock"),
-                 ("pools", "set", "audioset_downloads", str(slots), "AudioSet shard tasks downloading at once")):
+                 ("pools", "set", "audioset_downloads", str(slots), "AudioSet shard tasks downloading at once"),
+                 ("pools", "set", "gpu", str(gpus), "training tasks, one per GPU")):
         proc = airflow(env, *args)
         if proc.returncode != 0:
             raise RuntimeError(f"airflow {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

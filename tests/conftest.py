@@ -63,3 +63,38 @@ def shared(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not available: {path} is absent")
     return path
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
+    """The real local tracking server (mlflow/start.sh) on a free loopback port, for the whole session."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    from tasks.workspace import free_port
+
+    store = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    env = {**os.environ, "MLFLOW_STORE": str(store), "PYTHON": sys.executable}
+    log = (store / "server.log").open("wb")
+    proc = subprocess.Popen([str(PROJECT / "mlflow/start.sh"), str(port)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if requests.get(f"{url}/health", timeout=2).ok:
+                break
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"mlflow server did not start:\n{(store / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)

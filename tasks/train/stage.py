@@ -1,0 +1,296 @@
+"""The `train` stage: one cell of the model matrix (train@<name>) from feature dataset to registered model.
+
+Story: load the clips and check their labels, split them by group, claim a GPU (or the CPU),
+train with a checkpoint per epoch into one MLflow run (resumed after a retry), score the
+validation side by clip-level vote beside a majority baseline, log curves, confusion matrix and
+the model, register it and move `champion` only to a better one, and write the DVC outputs:
+models/<name>/ and metrics/train_<name>.json, plots/train_<name>.csv.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tasks.config import ArchConfig, ConfigError, ModelEntry, TrainConfig
+from tasks.features.dataset import params_hash
+from tasks.features.stage import resolve_device
+from tasks.storage import atomic_write_text, write_json
+from tasks.train import report, tracking
+from tasks.train.data import ClipData, Split, clip_statistics, load_clips, split_clips
+from tasks.train.gpu import claim_gpu, pinned, visible_gpus
+from tasks.train.loop import Checkpoint, FitResult, Scores, fit
+from tasks.train.models import MoodNet, build_net, load_pretrained
+
+log = logging.getLogger("tasks")
+
+
+@dataclass
+class Job:
+    """Everything one model's training needs, resolved from params."""
+
+    name: str
+    entry: ModelEntry
+    arch: ArchConfig
+    cfg: TrainConfig
+    root: Path
+
+    @property
+    def what(self) -> str:
+        return f"train.models.{self.name}"
+
+    @property
+    def features_dir(self) -> str:
+        return self.cfg.common.features[self.entry.features]
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.root / self.cfg.common.checkpoint_dir / self.name
+
+
+def train(cfg: TrainConfig, root: Path, item: str | None = None) -> dict[str, Any]:
+    """Train one model of the matrix (`item`), or every one in turn."""
+    names = [item] if item else list(cfg.models)
+    unknown = [n for n in names if n not in cfg.models]
+    if unknown:
+        raise ConfigError(f"train.models has no entry {unknown[0]!r}; entries: {sorted(cfg.models)}")
+    return {n: train_model(Job(n, cfg.models[n], cfg.arch_config(n), cfg, root)) for n in names}
+
+
+def train_model(job: Job) -> dict[str, Any]:
+    import mlflow
+
+    common = job.cfg.common
+    classes = common.vocabularies[job.entry.dataset]
+    data = load_clips(job.root / job.features_dir, job.entry.features, job.entry.dataset, classes,
+                      common.sequence_length)  # fmt: skip
+    split = split_clips(data, job.entry.split, job.entry.seed, job.what)
+    log.info("%s: %s %s on %s/%s: %s (%d classes)", job.what, job.entry.study, job.entry.arch, job.features_dir,
+             job.entry.dataset, split.describe(data), len(classes))  # fmt: skip
+    uri = tracking.tracking_uri(common.tracking_uri)
+    tracking.check_server(uri)
+    mlflow.set_tracking_uri(uri)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    stamp = params_hash({"entry": job.entry.model_dump(mode="json"), "arch": job.arch.model_dump(mode="json"),
+                         "common": common.model_dump(mode="json", exclude={"tracking_uri", "register_models"}),
+                         "features": data.metadata.get("params_hash"), "val": split.signature,
+                         "train": [data.clip_ids[i] for i in split.train]})  # fmt: skip
+    run_file = job.checkpoint_dir / "run.json"
+    previous = json.loads(run_file.read_text()) if run_file.exists() else {}
+    run_id = previous.get("run_id") if previous.get("stamp") == stamp else None
+    with claim_gpu(job.root / common.gpu_lock_dir, visible_gpus() if common.device != "cpu" else []) as gpu, \
+            pinned(gpu):  # fmt: skip
+        device = resolve_device(common.device, "train.common")
+        experiment = mlflow.set_experiment(f"mood-{job.entry.study}")
+        warning = tracking.random_weights_warning(data.metadata)
+        description = f"{job.entry.arch} on {job.entry.dataset} ({split.describe(data)}). {warning}".strip()
+        mlflow.set_system_metrics_sampling_interval(1)
+        with mlflow.start_run(run_id=run_id, run_name=None if run_id else job.name,
+                              experiment_id=experiment.experiment_id, log_system_metrics=True,
+                              description=None if run_id else description) as run:  # fmt: skip
+            atomic_write_text(json.dumps({"stamp": stamp, "run_id": run.info.run_id}), run_file)
+            if run_id is None:
+                log_run_inputs(job, data, split, device)
+            else:
+                log.info("%s: resuming MLflow run %s", job.what, run_id)
+            result = (fit_statistics(job, data, split) if job.entry.arch == "logreg_stats"
+                      else fit_net(job, data, split, device, stamp))  # fmt: skip
+            metrics = score(job, data, split, result)
+            mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})
+            log_figures(job, data, split, result)
+            registry = log_model(job, data, result, metrics, split)
+            mlflow.set_tag("weights", result.extra["weights"])
+    summary = write_outputs(job, data, split, result, metrics, registry, run.info.run_id)
+    Checkpoint(job.checkpoint_dir / "checkpoint.pt", stamp).clear()
+    run_file.unlink(missing_ok=True)
+    return summary
+
+
+def log_run_inputs(job: Job, data: ClipData, split: Split, device: torch.device) -> None:
+    import pandas as pd
+
+    import mlflow
+
+    params = {**tracking.flatten("arch", job.arch.model_dump(mode="json")),
+              **tracking.flatten("model", job.entry.model_dump(mode="json")),
+              **tracking.flatten("common", job.cfg.common.model_dump(mode="json", exclude={"vocabularies"})),
+              "classes": json.dumps(data.classes), "device": str(device)}  # fmt: skip
+    mlflow.log_params(params)
+    mlflow.set_tags({"model_name": job.name, "arch": job.entry.arch, "study": job.entry.study,
+                     "dataset": job.entry.dataset, "git_commit": tracking.git_commit(job.root),
+                     "val_split": split.signature,
+                     **tracking.feature_tags(job.root, job.features_dir, data.metadata)})  # fmt: skip
+    side = np.full(data.n_clips, "train", dtype=object)
+    side[split.val] = "validation"
+    frame = pd.DataFrame({"clip_id": data.clip_ids, "label": [data.classes[i] for i in data.clip_label],
+                          "actor": data.clip_actor, "side": side})  # fmt: skip
+    dataset = mlflow.data.from_pandas(frame, source=str(job.root / job.features_dir),
+                                      name=f"{job.features_dir}:{job.entry.dataset}", targets="label")  # fmt: skip
+    mlflow.log_input(dataset, context="training")
+
+
+def fit_net(job: Job, data: ClipData, split: Split, device: torch.device, stamp: str) -> FitResult:
+    import mlflow
+
+    common = job.cfg.common
+    torch.manual_seed(job.entry.seed)
+    net = build_net(job.entry.arch, len(data.classes), job.arch, common.sequence_length)
+    weights = load_pretrained(net, job.arch, job.root)
+    train_rows = data.rows_of(split.train)
+    sample = data.inputs[torch.from_numpy(train_rows)].float()
+    if data.lengths is not None:  # statistics over real steps only
+        sample = sample[sample.ne(0).any(-1)]
+    model = MoodNet(net, float(sample.mean()), float(sample.std()) or 1.0, sequence=data.lengths is not None)
+    checkpoint = Checkpoint(job.checkpoint_dir / "checkpoint.pt", stamp)
+    augment = common.augment
+
+    def on_epoch(epoch: int, row: dict[str, float]) -> None:
+        mlflow.log_metrics(row, step=epoch)
+
+    result = fit(model, data, split, job.arch, augment, job.entry.seed, device, checkpoint, common.min_real_share,
+                 common.vote_weighting, on_epoch)  # fmt: skip
+    result.model.drop_auxiliary_heads()
+    result.extra["weights"] = weights
+    return result
+
+
+def fit_statistics(job: Job, data: ClipData, split: Split) -> FitResult:
+    """Logistic regression on per-clip band statistics: the baseline that keeps the nets honest."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x_train, x_val = clip_statistics(data, split.train), clip_statistics(data, split.val)
+    y_train, y_val = data.clip_label[split.train], data.clip_label[split.val]
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=job.arch.C, max_iter=5000, class_weight="balanced",
+                                                               random_state=job.entry.seed))  # fmt: skip
+    model.fit(x_train, y_train)
+    labels = np.arange(len(data.classes))
+    prob_train = np.zeros((len(y_train), len(labels)))
+    prob_train[:, model.classes_] = model.predict_proba(x_train)
+    prob_val = np.zeros((len(y_val), len(labels)))
+    prob_val[:, model.classes_] = model.predict_proba(x_val)
+    pred = prob_val.argmax(1)
+    row = {"train_loss": log_loss(y_train, prob_train, labels=labels),
+           "train_accuracy": float((prob_train.argmax(1) == y_train).mean()),
+           "val_loss": log_loss(y_val, prob_val, labels=labels), "val_accuracy": float((pred == y_val).mean()),
+           "val_clip_accuracy": float((pred == y_val).mean())}  # fmt: skip
+    import mlflow
+
+    mlflow.log_metrics(row, step=0)
+    scores = Scores(row["val_loss"], row["val_accuracy"], row["val_clip_accuracy"], pred, prob_val)
+    return FitResult(model, [row], 0, 0, scores, {"weights": "none (closed form)", "example": x_val[:2]})  # type: ignore[arg-type]
+
+
+def score(job: Job, data: ClipData, split: Split, result: FitResult) -> dict[str, Any]:
+    assert result.scores is not None
+    y_val = data.clip_label[split.val]
+    correct = int((result.scores.clip_pred == y_val).sum())
+    low, high = report.accuracy_interval(correct, len(y_val))
+    return {
+        "val_clip_accuracy": result.scores.clip_accuracy,
+        "val_clip_accuracy_ci95_low": low,
+        "val_clip_accuracy_ci95_high": high,
+        "val_slice_accuracy": result.scores.row_accuracy,
+        "val_loss": result.scores.loss,
+        "majority_baseline": report.majority_baseline(data.clip_label[split.train], y_val),
+        "chance": 1.0 / len(data.classes),
+        "train_clips": len(split.train),
+        "val_clips": len(split.val),
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "random_vggish_weights": bool(data.metadata.get("random_weights", False)),
+    }
+
+
+def log_figures(job: Job, data: ClipData, split: Split, result: FitResult) -> None:
+    import tempfile
+
+    import mlflow
+
+    assert result.scores is not None
+    note = " (random VGGish weights)" if data.metadata.get("random_weights") else ""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        report.learning_curves(result.history, folder / "learning_curves.png", f"{job.name}{note}")
+        report.confusion(data.clip_label[split.val], result.scores.clip_pred, data.classes,
+                         folder / "confusion_val.png", folder / "confusion_val.csv",
+                         f"{job.name}: validation clips{note}")  # fmt: skip
+        (folder / "labels.json").write_text(json.dumps(data.classes))
+        mlflow.log_artifacts(str(folder))
+
+
+def log_model(job: Job, data: ClipData, result: FitResult, metrics: dict[str, Any], split: Split) -> dict[str, Any]:
+    from mlflow.models import infer_signature
+
+    import mlflow
+
+    name = tracking.registered_name(job.entry.study, job.entry.arch)
+    register = name if job.cfg.common.register_models else None
+    if job.entry.arch == "logreg_stats":
+        example = result.extra["example"].astype(np.float32)
+        info = mlflow.sklearn.log_model(result.model, name="model", input_example=example,
+                                        signature=infer_signature(example, result.model.predict_proba(example)),
+                                        pip_requirements=tracking.PIP_REQUIREMENTS,
+                                        registered_model_name=register)
+    else:
+        model = result.model.cpu().eval()
+        example = data.inputs[:2].float().numpy()
+        with torch.no_grad():
+            output = torch.softmax(model(torch.from_numpy(example)), 1).numpy()
+        # Pickled (not torch.export) so the registered model is this class, GoogLeNet and LSTMs included.
+        info = mlflow.pytorch.log_model(model, name="model", input_example=example,
+                                        signature=infer_signature(example, output), serialization_format="pickle",
+                                        pip_requirements=tracking.PIP_REQUIREMENTS,
+                                        registered_model_name=register)
+    if register is None:
+        return {"registered_model": None, "version": None, "champion_version": None, "decision": "not registered"}
+    return tracking.promote_if_better(name, str(info.registered_model_version), metrics["val_clip_accuracy"],
+                                      split.signature)  # fmt: skip
+
+
+def write_outputs(job: Job, data: ClipData, split: Split, result: FitResult, metrics: dict[str, Any],
+                  registry: dict[str, Any], run_id: str) -> dict[str, Any]:  # fmt: skip
+    """models/<name>/ (weights + model.json), metrics/train_<name>.json, plots/train_<name>.csv."""
+    import joblib
+    import pandas as pd
+
+    common = job.cfg.common
+    out = job.root / common.models_dir / job.name
+    out.mkdir(parents=True, exist_ok=True)
+    if job.entry.arch == "logreg_stats":
+        joblib.dump(result.model, out / "model.joblib")
+    else:
+        torch.save(result.model.state_dict(), out / "model.pt")
+    card = {
+        "name": job.name, "arch": job.entry.arch, "study": job.entry.study, "dataset": job.entry.dataset,
+        "classes": data.classes, "mlflow_run_id": run_id, **registry,
+        "metrics": metrics, "split": {**job.entry.split.model_dump(mode="json"), "signature": split.signature},
+        "features": {"dir": job.features_dir, "params_hash": data.metadata.get("params_hash"),
+                     "code_version": data.metadata.get("code_version"), "frontend": data.metadata.get("frontend"),
+                     "random_vggish_weights": metrics["random_vggish_weights"]},
+        "weights": result.extra["weights"],
+    }  # fmt: skip
+    write_json(card, out / "model.json")
+    write_json({**metrics, "registered_model": registry["registered_model"], "version": registry["version"]},
+               job.root / common.metrics_dir / f"train_{job.name}.json")  # fmt: skip
+    plots = job.root / common.plots_dir / f"train_{job.name}.csv"
+    plots.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(result.history)
+    frame.insert(0, "epoch", range(len(frame)))
+    atomic_write_text(frame.to_csv(index=False), plots)
+    note = " [random VGGish weights]" if metrics["random_vggish_weights"] else ""
+    log.info("%s: validation clip accuracy %.3f (95%% CI %.3f-%.3f; majority baseline %.3f, chance %.3f) over %d "
+             "clips; %s v%s, champion v%s%s", job.what, metrics["val_clip_accuracy"],
+             metrics["val_clip_accuracy_ci95_low"], metrics["val_clip_accuracy_ci95_high"],
+             metrics["majority_baseline"], metrics["chance"], metrics["val_clips"], registry["registered_model"],
+             registry["version"], registry["champion_version"], note)  # fmt: skip
+    return {"model": job.name, "mlflow_run_id": run_id, **registry, **metrics}

@@ -1,0 +1,38 @@
+"""Small feature datasets written with the feature stages' own writer, for training tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from tasks.features.dataset import Block, FeatureStore, InputShard, ShardWriter
+
+HOP = 500
+SIZE = 16  # bands = frames of the test slices (the stage's are 128)
+
+
+def write_slices(root: Path, clips: list[tuple[str, str, int]], seed: int = 0, dataset: str = "ravdess",
+                 slices_per_clip: int = 2) -> Path:  # fmt: skip
+    """A slices dataset: (clip id, label, actor) each with `slices_per_clip` slices, the last one 30% real."""
+    rng = np.random.default_rng(seed)
+    labels = sorted({label for _, label, _ in clips})
+    metadata = {"stage": "features_slices", "params_hash": "test", "code_version": "test",
+                "frontend": {"hop_length": HOP}, "params": {}}  # fmt: skip
+    store = FeatureStore(root, "spectrogram", pa.float16(), [SIZE, SIZE], metadata, 1000)
+    shard = InputShard(dataset, "part-00000", root / "none", [c for c, _, _ in clips], [[lb] for _, lb, _ in clips],
+                       [a for _, _, a in clips], ["train"] * len(clips), ["x"] * len(clips))  # fmt: skip
+    writer = ShardWriter(store, shard)
+    blocks = []
+    for clip_id, label, actor in clips:
+        level = labels.index(label) if label in labels else 0
+        tensors = rng.normal(level, 1.0, (slices_per_clip, SIZE, SIZE)).astype(np.float16)
+        start = np.arange(slices_per_clip) * SIZE * HOP
+        end = start + SIZE * HOP
+        end[-1] = start[-1] + int(0.3 * SIZE * HOP)
+        blocks.append(Block(clip_id, "train", [label], actor, tensors, start, end))
+    writer.add(blocks)
+    writer.commit([])
+    store.finalize([shard])
+    return root
