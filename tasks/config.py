@@ -382,6 +382,7 @@ class TrainCommonConfig(Section):
     vocabularies: dict[str, list[str]] = Field(min_length=1)  # dataset -> label list, in output order
     tracking_uri: str = "http://127.0.0.1:5000"  # $MLFLOW_TRACKING_URI wins
     register_models: bool = True
+    registry_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")] = "mood"  # <prefix>-<study>-<arch>
     device: Device = "auto"
     models_dir: str = "models"
     metrics_dir: str = "metrics"

@@ -24,7 +24,8 @@ from airflow.dag_processing.dagbag import DagBag
 bag = DagBag()
 print(json.dumps({
     "errors": {k: str(v) for k, v in bag.import_errors.items()},
-    "dags": {d.dag_id: {"tags": sorted(d.tags), "tasks": {t.task_id: t.retries for t in d.tasks}}
+    "dags": {d.dag_id: {"tags": sorted(d.tags), "tasks": {t.task_id: t.retries for t in d.tasks},
+                        "placement": {t.task_id: [t.queue, t.pool] for t in d.tasks}}
              for d in bag.dags.values()},
 }))
 """
@@ -49,6 +50,13 @@ def test_every_dag_is_tagged_and_network_tasks_retry(dagbag: dict) -> None:
             floor = 2 if task_id in NETWORK_TASKS else 1
             assert retries >= floor, f"{dag_id}.{task_id} retries {retries} < {floor}"
     assert set(dagbag["dags"]["acquire"]["tasks"]) >= NETWORK_TASKS
+
+
+def test_training_runs_on_the_gpu_queue_and_pool_only(dagbag: dict) -> None:
+    placement = {(d, t): qp for d, dag in dagbag["dags"].items() for t, qp in dag["placement"].items()}
+    assert placement[("train", "train_model")] == ["gpu", "gpu"]
+    others = {k: qp for k, qp in placement.items() if k != ("train", "train_model")}
+    assert all(queue != "gpu" and pool != "gpu" for queue, pool in others.values()), others
 
 
 @pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.name)

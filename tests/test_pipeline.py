@@ -10,6 +10,12 @@ from tasks.workspace import airflow, airflow_env, git, make_workspace, prepare_a
 
 pytestmark = pytest.mark.slow
 FEATURE_DAGS = ("features_slices", "features_vggish")
+# The test corpus has one singer and a few AudioSet clips: random splits by clip, a few epochs.
+RANDOM_SPLIT = "{kind: random, val_share: 0.5}"
+TRAIN_OVERRIDES = [*(f"train.models.{m}.split={RANDOM_SPLIT}" for m in
+                     ("cnn_ravdess", "stats_ravdess", "logreg_audioset", "lstm1_audioset")),
+                   *(f"train.architectures.{a}.epochs=3" for a in ("small_cnn", "logreg", "lstm1")),
+                   "train.common.registry_prefix=pipeline"]  # fmt: skip
 
 
 def outs_md5(lock: Path) -> dict[str, str]:
@@ -18,14 +24,14 @@ def outs_md5(lock: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory, mirror_params: list[str]) -> Path:
-    """A workspace after one `airflow dags test acquire` run, then the features DAGs its Assets trigger."""
+def workspace(tmp_path_factory: pytest.TempPathFactory, mirror_params: list[str], mlflow_server: str) -> Path:
+    """A workspace after one `airflow dags test acquire` run, then the features and train DAGs its Assets trigger."""
     root = tmp_path_factory.mktemp("pipeline")
-    ws = make_workspace(root / "ws", mirror_params)
+    ws = make_workspace(root / "ws", [*mirror_params, *TRAIN_OVERRIDES, f"train.common.tracking_uri={mlflow_server}"])
     env = airflow_env(root / "airflow", ws)
     prepare_airflow(env)
-    # The features DAGs run on the Assets acquire publishes; `dags test` runs each one in turn.
-    for dag_id in ["acquire", *FEATURE_DAGS]:
+    # The features DAGs run on the Assets acquire publishes, train on theirs; `dags test` runs each in turn.
+    for dag_id in ["acquire", *FEATURE_DAGS, "train"]:
         proc = airflow(env, "dags", "test", dag_id)
         log = proc.stdout + proc.stderr
         assert proc.returncode == 0, log[-5000:]
@@ -75,6 +81,24 @@ def test_features_dag_publishes_versioned_embeddings(workspace: Path) -> None:
     assert meta["random_weights"] is True and meta["params_hash"] == metrics["params_hash"]
 
 
+def test_train_dag_registers_every_model_of_the_matrix(workspace: Path, mlflow_server: str) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_server)
+    client = mlflow.MlflowClient()
+    lock = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"]
+    for name, registered in [("cnn_ravdess", "pipeline-spectrogram-small-cnn"),
+                             ("stats_ravdess", "pipeline-spectrogram-logreg-stats"),
+                             ("logreg_audioset", "pipeline-audioset-logreg"),
+                             ("lstm1_audioset", "pipeline-audioset-lstm1")]:  # fmt: skip
+        card = yaml.safe_load((workspace / f"models/{name}/model.json").read_text())
+        assert card["registered_model"] == registered
+        assert client.get_model_version_by_alias(registered, "champion").version == card["version"]
+        assert client.get_run(card["mlflow_run_id"]).data.tags["features.dvc_hash"] == outs_md5(
+            workspace / "dvc.lock")[card["features"]["dir"]]
+        assert f"models/{name}" in {out["path"] for out in lock[f"train@{name}"]["outs"]}
+
+
 def test_dvc_is_clean_and_pushed_after_the_airflow_run(workspace: Path) -> None:
     assert dvc(workspace, "status").strip() == "Data and pipelines are up to date."
     assert "in sync" in dvc(workspace, "status", "--cloud")
@@ -104,4 +128,10 @@ def test_clean_clone_reproduces_the_same_artifacts(workspace: Path, tmp_path: Pa
     dvc(clone, "remote", "modify", "--local", "local", "url", str(tmp_path / "fresh-remote"))
     out = dvc(clone, "repro")
     assert "Running stage 'acquire_ravdess'" in out and "Running stage 'acquire_cal500'" in out
-    assert outs_md5(clone / "dvc.lock") == outs_md5(workspace / "dvc.lock")
+    assert "Running stage 'train@cnn_ravdess'" in out
+    # Data, features and learning curves are byte-identical; a model's folder and metrics also name its own
+    # MLflow run and registered version, so only its weights are compared.
+    data = {p: h for p, h in outs_md5(workspace / "dvc.lock").items() if not p.startswith(("models/", "metrics/"))}
+    assert {p: outs_md5(clone / "dvc.lock")[p] for p in data} == data
+    for name in ("cnn_ravdess", "lstm1_audioset"):
+        assert (clone / f"models/{name}/model.pt").read_bytes() == (workspace / f"models/{name}/model.pt").read_bytes()

@@ -204,7 +204,7 @@ def fit(model: MoodNet, data: ClipData, split: Split, cfg: ArchConfig, augment: 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss) * len(batch)
+            loss_sum += float(loss.detach()) * len(batch)
             correct += float((logits_of(output).argmax(1) == target.argmax(1)).sum())
             seen += len(batch)
         lr = optimizer.param_groups[0]["lr"]

@@ -103,7 +103,9 @@ def train_model(job: Job) -> dict[str, Any]:
             result = (fit_statistics(job, data, split) if job.entry.arch == "logreg_stats"
                       else fit_net(job, data, split, device, stamp))  # fmt: skip
             metrics = score(job, data, split, result)
-            mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})
+            # The best epoch's scores; keys the epochs also log get a prefix, so the curves keep one point per epoch.
+            mlflow.log_metrics({(f"final_{k}" if k in result.history[0] else k): v for k, v in metrics.items()
+                                if isinstance(v, int | float)})  # fmt: skip
             log_figures(job, data, split, result)
             registry = log_model(job, data, result, metrics, split)
             mlflow.set_tag("weights", result.extra["weights"])
@@ -233,7 +235,7 @@ def log_model(job: Job, data: ClipData, result: FitResult, metrics: dict[str, An
 
     import mlflow
 
-    name = tracking.registered_name(job.entry.study, job.entry.arch)
+    name = tracking.registered_name(job.cfg.common.registry_prefix, job.entry.study, job.entry.arch)
     register = name if job.cfg.common.register_models else None
     if job.entry.arch == "logreg_stats":
         example = result.extra["example"].astype(np.float32)
@@ -284,7 +286,7 @@ def write_outputs(job: Job, data: ClipData, split: Split, result: FitResult, met
                job.root / common.metrics_dir / f"train_{job.name}.json")  # fmt: skip
     plots = job.root / common.plots_dir / f"train_{job.name}.csv"
     plots.parent.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(result.history)
+    frame = pd.DataFrame(result.history).drop(columns="epoch_seconds", errors="ignore")  # timings only in MLflow
     frame.insert(0, "epoch", range(len(frame)))
     atomic_write_text(frame.to_csv(index=False), plots)
     note = " [random VGGish weights]" if metrics["random_vggish_weights"] else ""

@@ -45,8 +45,8 @@ def check_server(uri: str) -> None:
                             "mlflow/start.sh [PORT] or set MLFLOW_TRACKING_URI / train.common.tracking_uri") from None
 
 
-def registered_name(study: str, arch: str) -> str:
-    return f"mood-{study}-{arch.replace('_', '-')}"
+def registered_name(prefix: str, study: str, arch: str) -> str:
+    return f"{prefix}-{study}-{arch.replace('_', '-')}"
 
 
 def flatten(prefix: str, value: Any) -> dict[str, Any]:
