@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,7 +20,15 @@ from tasks.cli import configure_logging
 from tasks.mirror.cli import CorpusSpec, build_corpus, mirror_overrides
 from tasks.mirror.server import MirrorServer
 from tasks.versioning import dvc
-from tasks.workspace import PROJECT, AirflowServices, airflow_env, free_port, make_workspace, prepare_airflow
+from tasks.workspace import (
+    PROJECT,
+    AirflowServices,
+    MlflowServer,
+    airflow_env,
+    free_port,
+    make_workspace,
+    prepare_airflow,
+)
 
 DAGS = ["acquire"]
 METRICS = {"RAVDESS": "metrics/acquire_ravdess.json", "CAL500": "metrics/acquire_cal500.json",
@@ -41,13 +47,6 @@ def train_overrides(mlflow_url: str, ravdess_actors: int) -> list[str]:
     return [f"train.common.tracking_uri={mlflow_url}",
             *(f"train.models.{m}.split.k={folds}" for m in ("cnn_ravdess", "stats_ravdess")),
             f"train.architectures.small_cnn.epochs={DEMO_EPOCHS}"]  # fmt: skip
-
-
-def start_mlflow(store: Path, mlflow_port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "MLFLOW_STORE": str(store), "PYTHON": sys.executable}
-    log = (store.parent / "mlflow.log").open("ab")
-    return subprocess.Popen([str(PROJECT / "mlflow/start.sh"), str(mlflow_port)], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
 
 
 def report(workspace: Path, states: dict[str, dict[str, str]], mlflow_url: str) -> None:
@@ -133,8 +132,8 @@ def main() -> int:
     print(f"building the generated corpus in {demo / 'mirror'} ...", flush=True)
     files = build_corpus(demo / "mirror", spec)
     mirror = MirrorServer(demo / "mirror", port=free_port(8765)).start()
-    mlflow_port = free_port(5000)
-    mlflow_url = f"http://127.0.0.1:{mlflow_port}"
+    mlflow = MlflowServer(demo / "mlflow")
+    mlflow_url = mlflow.url
     workspace = make_workspace(demo / "workspace", [*mirror_overrides(mirror.url, files),
                                                     *train_overrides(mlflow_url, args.ravdess_actors)])
     password = secrets.token_urlsafe(9)
@@ -142,7 +141,7 @@ def main() -> int:
     env = airflow_env(demo / "airflow", workspace, admin_password=password)
     print("migrating the Airflow metadata DB ...", flush=True)
     prepare_airflow(env)
-    mlflow_proc = start_mlflow(demo / "mlflow", mlflow_port)
+    mlflow.start(wait=False)  # up long before training starts
     services = AirflowServices(env, free_port(8080), password).start()
     code = 1
     try:
@@ -172,7 +171,7 @@ Raw clips    {workspace}/data/raw/<dataset>/{{manifest,failures}}.parquet and sh
 Features     {workspace}/data/features/<slices|vggish>/dataset=*/split=*/*.parquet, _dataset.json, _failures.parquet
 Models       {workspace}/models/<name>/ (weights + model.json), plots/train_<name>.csv (dvc plots show)
 Mirror       {mirror.url} serving {demo / 'mirror'}
-Logs         {demo / 'airflow'}/*.log, {demo / 'mlflow.log'}""")
+Logs         {demo / 'airflow'}/*.log, {demo / 'mlflow' / 'server.log'}""")
         if not args.no_wait and sys.stdin.isatty():
             print("\nservices are up; press Ctrl-C to stop them.")
             while True:
@@ -181,7 +180,7 @@ Logs         {demo / 'airflow'}/*.log, {demo / 'mlflow.log'}""")
         pass
     finally:
         services.stop()
-        mlflow_proc.terminate()
+        mlflow.stop()
         mirror.stop()
     return code
 

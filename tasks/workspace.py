@@ -262,3 +262,45 @@ class AirflowServices:
                 return run_id
             time.sleep(2)
         raise TimeoutError(f"no asset-triggered run of {dag_id} appeared in {timeout:.0f} s; see {self.home}/*.log")
+
+
+class MlflowServer:
+    """The local tracking server of mlflow/start.sh on a loopback port, its store in `store`."""
+
+    def __init__(self, store: Path, port: int | None = None) -> None:
+        self.store, self.port = store, port or free_port(5000)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True, timeout: float = 90) -> MlflowServer:
+        self.store.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "MLFLOW_STORE": str(self.store), "PYTHON": sys.executable}
+        log = (self.store / "server.log").open("ab")
+        self.proc = subprocess.Popen([str(PROJECT / "mlflow/start.sh"), str(self.port)], env=env, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while wait:
+            try:
+                if requests.get(f"{self.url}/health", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = (self.store / "server.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"mlflow server did not start on {self.url}:\n{tail}")
+            time.sleep(0.5)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+    def __enter__(self) -> MlflowServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -10,6 +10,7 @@ import pytest
 from tasks.config import load_params
 from tasks.mirror.cli import CAL500_ARCHIVE, RAVDESS_ZIP, CorpusSpec, build_corpus, mirror_overrides
 from tasks.mirror.server import MirrorServer
+from tasks.workspace import free_port
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT.parent / "shared" / "data"
@@ -68,33 +69,7 @@ def shared(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     """The real local tracking server (mlflow/start.sh) on a free loopback port, for the whole session."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
+    from tasks.workspace import MlflowServer
 
-    import requests
-
-    from tasks.workspace import free_port
-
-    store = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    env = {**os.environ, "MLFLOW_STORE": str(store), "PYTHON": sys.executable}
-    log = (store / "server.log").open("wb")
-    proc = subprocess.Popen([str(PROJECT / "mlflow/start.sh"), str(port)], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if requests.get(f"{url}/health", timeout=2).ok:
-                break
-        except requests.RequestException:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"mlflow server did not start:\n{(store / 'server.log').read_text()[-3000:]}")
-        time.sleep(0.5)
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
+    with MlflowServer(tmp_path_factory.mktemp("mlflow"), free_port()) as server:
+        yield server.url

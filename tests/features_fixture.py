@@ -14,23 +14,23 @@ SIZE = 16  # bands = frames of the test slices (the stage's are 128)
 
 
 def write_slices(root: Path, clips: list[tuple[str, str, int]], seed: int = 0, dataset: str = "ravdess",
-                 slices_per_clip: int = 2) -> Path:  # fmt: skip
+                 slices_per_clip: int = 2, size: int = SIZE) -> Path:  # fmt: skip
     """A slices dataset: (clip id, label, actor) each with `slices_per_clip` slices, the last one 30% real."""
     rng = np.random.default_rng(seed)
     labels = sorted({label for _, label, _ in clips})
     metadata = {"stage": "features_slices", "params_hash": "test", "code_version": "test",
                 "frontend": {"hop_length": HOP}, "params": {}}  # fmt: skip
-    store = FeatureStore(root, "spectrogram", pa.float16(), [SIZE, SIZE], metadata, 1000)
+    store = FeatureStore(root, "spectrogram", pa.float16(), [size, size], metadata, 2000)
     shard = InputShard(dataset, "part-00000", root / "none", [c for c, _, _ in clips], [[lb] for _, lb, _ in clips],
                        [a for _, _, a in clips], ["train"] * len(clips), ["x"] * len(clips))  # fmt: skip
     writer = ShardWriter(store, shard)
     blocks = []
     for clip_id, label, actor in clips:
         level = labels.index(label) if label in labels else 0
-        tensors = rng.normal(level, 1.0, (slices_per_clip, SIZE, SIZE)).astype(np.float16)
-        start = np.arange(slices_per_clip) * SIZE * HOP
-        end = start + SIZE * HOP
-        end[-1] = start[-1] + int(0.3 * SIZE * HOP)
+        tensors = rng.normal(level, 1.0, (slices_per_clip, size, size)).astype(np.float16)
+        start = np.arange(slices_per_clip) * size * HOP
+        end = start + size * HOP
+        end[-1] = start[-1] + int(0.3 * size * HOP)
         blocks.append(Block(clip_id, "train", [label], actor, tensors, start, end))
     writer.add(blocks)
     writer.commit([])

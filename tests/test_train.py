@@ -138,3 +138,27 @@ def test_killed_training_resumes_into_the_same_run_and_weights(workspace: Path, 
     assert card["mlflow_run_id"] == run_id and not checkpoint.exists()
     steps = {m.step for m in client(mlflow_server).get_metric_history(run_id, "val_loss")}
     assert steps == set(range(card["metrics"]["epochs_run"]))
+
+
+def test_random_search_draws_seeded_sets_as_nested_runs(workspace: Path, mlflow_server: str) -> None:
+    overrides = ["train.models.searched={arch: small_cnn, dataset: ravdess, split: {kind: actor_folds, k: 3},"
+                 " overrides: {epochs: 2}}", "train.common.registry_prefix=searchtest", "train.common.search.trials=3",
+                 "train.common.search.space={lr: [1.0e-4, 1.0e-2], batch_size: [16, 32, 64]}"]  # fmt: skip
+    mlflow_client = client(mlflow_server)
+
+    def trials(run_id: str) -> list[dict[str, str]]:
+        children = mlflow_client.search_runs(
+            [mlflow_client.get_run(run_id).info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{run_id}'", order_by=["attributes.start_time ASC"])
+        return [{k: v for k, v in c.data.params.items() if k.startswith("trial.")} for c in children]
+
+    first = run_stage("train@searched", workspace, overrides=overrides)["searched"]
+    drawn = trials(first["mlflow_run_id"])
+    assert len(drawn) == 3 and len({d["trial.lr"] for d in drawn}) == 3
+    assert all(1e-4 <= float(d["trial.lr"]) <= 1e-2 and d["trial.batch_size"] in {"16", "32", "64"} for d in drawn)
+    parent = mlflow_client.get_run(first["mlflow_run_id"])
+    best = int(parent.data.tags["search"].rsplit(" ", 1)[-1])
+    assert parent.data.params["best.lr"] == drawn[best]["trial.lr"]
+    second = run_stage("train@searched", workspace, overrides=overrides)["searched"]
+    assert trials(second["mlflow_run_id"]) == drawn  # the same seed draws the same sets
+    assert second["val_clip_accuracy"] == first["val_clip_accuracy"]

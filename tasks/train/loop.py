@@ -79,9 +79,6 @@ class Checkpoint:
         torch.save({**state, "stamp": self.stamp}, tmp)
         os.replace(tmp, self.path)
 
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
-
 
 def training_rows(data: ClipData, split: Split, min_real_share: float) -> np.ndarray:
     """Rows of the training clips with enough real audio; a clip keeps at least its fullest row."""

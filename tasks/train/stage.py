@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from tasks.train.data import ClipData, Split, clip_statistics, load_clips, split
 from tasks.train.gpu import claim_gpu, pinned, visible_gpus
 from tasks.train.loop import Checkpoint, FitResult, Scores, fit
 from tasks.train.models import MoodNet, build_net, load_pretrained
+from tasks.train.search import search
 
 log = logging.getLogger("tasks")
 
@@ -100,8 +102,11 @@ def train_model(job: Job) -> dict[str, Any]:
                 log_run_inputs(job, data, split, device)
             else:
                 log.info("%s: resuming MLflow run %s", job.what, run_id)
-            result = (fit_statistics(job, data, split) if job.entry.arch == "logreg_stats"
-                      else fit_net(job, data, split, device, stamp))  # fmt: skip
+            if job.cfg.common.search.trials:
+                result = search(job, data, split, device, stamp, fit_model)
+            else:
+                result = fit_model(job, job.arch, data, split, device, Checkpoint(job.checkpoint_dir / "checkpoint.pt",
+                                                                                  stamp))  # fmt: skip
             metrics = score(job, data, split, result)
             # The best epoch's scores; keys the epochs also log get a prefix, so the curves keep one point per epoch.
             mlflow.log_metrics({(f"final_{k}" if k in result.history[0] else k): v for k, v in metrics.items()
@@ -110,8 +115,7 @@ def train_model(job: Job) -> dict[str, Any]:
             registry = log_model(job, data, result, metrics, split)
             mlflow.set_tag("weights", result.extra["weights"])
     summary = write_outputs(job, data, split, result, metrics, registry, run.info.run_id)
-    Checkpoint(job.checkpoint_dir / "checkpoint.pt", stamp).clear()
-    run_file.unlink(missing_ok=True)
+    shutil.rmtree(job.checkpoint_dir, ignore_errors=True)  # checkpoints, trials and the run id: a retry starts anew
     return summary
 
 
@@ -138,32 +142,40 @@ def log_run_inputs(job: Job, data: ClipData, split: Split, device: torch.device)
     mlflow.log_input(dataset, context="training")
 
 
-def fit_net(job: Job, data: ClipData, split: Split, device: torch.device, stamp: str) -> FitResult:
+def fit_model(job: Job, arch: ArchConfig, data: ClipData, split: Split, device: torch.device,
+              checkpoint: Checkpoint) -> FitResult:  # fmt: skip
+    """One training with the given hyperparameters, its curves logged to the active MLflow run."""
+    if job.entry.arch == "logreg_stats":
+        return fit_statistics(job, arch, data, split)
+    return fit_net(job, arch, data, split, device, checkpoint)
+
+
+def fit_net(job: Job, arch: ArchConfig, data: ClipData, split: Split, device: torch.device,
+            checkpoint: Checkpoint) -> FitResult:  # fmt: skip
     import mlflow
 
     common = job.cfg.common
     torch.manual_seed(job.entry.seed)
-    net = build_net(job.entry.arch, len(data.classes), job.arch, common.sequence_length)
-    weights = load_pretrained(net, job.arch, job.root)
+    net = build_net(job.entry.arch, len(data.classes), arch, common.sequence_length)
+    weights = load_pretrained(net, arch, job.root)
     train_rows = data.rows_of(split.train)
     sample = data.inputs[torch.from_numpy(train_rows)].float()
     if data.lengths is not None:  # statistics over real steps only
         sample = sample[sample.ne(0).any(-1)]
     model = MoodNet(net, float(sample.mean()), float(sample.std()) or 1.0, sequence=data.lengths is not None)
-    checkpoint = Checkpoint(job.checkpoint_dir / "checkpoint.pt", stamp)
     augment = common.augment
 
     def on_epoch(epoch: int, row: dict[str, float]) -> None:
         mlflow.log_metrics(row, step=epoch)
 
-    result = fit(model, data, split, job.arch, augment, job.entry.seed, device, checkpoint, common.min_real_share,
+    result = fit(model, data, split, arch, augment, job.entry.seed, device, checkpoint, common.min_real_share,
                  common.vote_weighting, on_epoch)  # fmt: skip
     result.model.drop_auxiliary_heads()
     result.extra["weights"] = weights
     return result
 
 
-def fit_statistics(job: Job, data: ClipData, split: Split) -> FitResult:
+def fit_statistics(job: Job, arch: ArchConfig, data: ClipData, split: Split) -> FitResult:
     """Logistic regression on per-clip band statistics: the baseline that keeps the nets honest."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
@@ -172,7 +184,7 @@ def fit_statistics(job: Job, data: ClipData, split: Split) -> FitResult:
 
     x_train, x_val = clip_statistics(data, split.train), clip_statistics(data, split.val)
     y_train, y_val = data.clip_label[split.train], data.clip_label[split.val]
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=job.arch.C, max_iter=5000, class_weight="balanced",
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=arch.C, max_iter=5000, class_weight="balanced",
                                                                random_state=job.entry.seed))  # fmt: skip
     model.fit(x_train, y_train)
     labels = np.arange(len(data.classes))
