@@ -9,7 +9,7 @@ APT_PACKAGES := ffmpeg sox git
 # This machine's pip config lists local indexes that may be absent; their warnings are noise.
 PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location 'file://" || true; }
 
-.PHONY: all test test-fast lint demo bench apt venv clean
+.PHONY: all test test-fast lint demo bench bench-cv apt venv clean
 all: test
 
 apt:
@@ -42,6 +42,11 @@ demo: apt venv
 bench: apt venv
 	$(PY) benchmarks/audioset_download.py
 	$(PY) benchmarks/features.py
+	$(PY) benchmarks/train.py
+
+# Real RAVDESS (../shared/data), 5-fold CV by actor: both baselines, ~15 min on 2 cores.
+bench-cv: apt venv
+	$(PY) benchmarks/ravdess_cv.py
 
 clean:
 	rm -rf .demo .cache data .dvc-remote

@@ -1,7 +1,7 @@
 """Speaker-independent 5-fold cross-validation by actor on the real RAVDESS song clips (not a test).
 
-    .venv/bin/python benchmarks/ravdess_cv.py [--archs logreg_stats,small_cnn] [--folds 5] [--tail pad]
-                                              [--min-real-share 0.25] [--epochs N] [--out NAME]
+    .venv/bin/python benchmarks/ravdess_cv.py [--archs logreg_stats,small_cnn] [--folds 5] [--out NAME]
+                                              [-S features_slices.tail=align_end -S train.common.min_real_share=0 ...]
 
 Reads ../shared/data/ravdess/song_flac16k (every song clip of actors 01-20 but 18, 836 clips), runs the
 real stages in a throwaway workspace (acquire_ravdess from a zip of those files, features_slices,
@@ -36,11 +36,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", default="logreg_stats,small_cnn")
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--tail", default="pad", choices=["pad", "align_end"])
-    parser.add_argument("--min-real-share", type=float, default=None, help="default: params.yaml's")
-    parser.add_argument("--vote-weighting", default=None, choices=["real_share", "equal"])
-    parser.add_argument("--epochs", type=int, default=None, help="default: the architecture's in params.yaml")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a parameter of the run (features_slices.tail, train.common.min_real_share, ...)")
     parser.add_argument("--out", default="ravdess_cv")
     args = parser.parse_args()
     configure_logging()
@@ -53,14 +51,8 @@ def main() -> int:
                                       "split": {"kind": "actor_folds", "k": args.folds, "fold": k}}
                   for arch in archs for k in range(args.folds)}  # fmt: skip
         overrides = [f"acquire_ravdess.download.url={zipped}", "features_slices.datasets=[ravdess]",
-                     f"features_slices.tail={args.tail}", f"train.common.tracking_uri={mlflow.url}",
-                     f"train.models={json.dumps(models)}", "train.common.registry_prefix=cv"]  # fmt: skip
-        if args.min_real_share is not None:
-            overrides.append(f"train.common.min_real_share={args.min_real_share}")
-        if args.vote_weighting is not None:
-            overrides.append(f"train.common.vote_weighting={args.vote_weighting}")
-        if args.epochs is not None:
-            overrides += [f"train.architectures.{a}.epochs={args.epochs}" for a in archs if a != "logreg_stats"]
+                     f"train.common.tracking_uri={mlflow.url}", f"train.models={json.dumps(models)}",
+                     "train.common.registry_prefix=cv", *args.overrides]  # fmt: skip
         ws = make_workspace(Path(tmp) / "ws", overrides)
         for stage in ("acquire_ravdess", "features_slices"):
             run_stage(stage, ws)
@@ -80,8 +72,7 @@ def main() -> int:
             baseline = sum(f["majority_baseline"] * f["val_clips"] for f in folds) / n
             results[arch] = {"accuracy": correct / n, "ci95": [low, high], "clips": n, "folds": folds,
                              "majority_baseline": baseline, "published": PUBLISHED}
-    settings = {"folds": args.folds, "tail": args.tail, "min_real_share": args.min_real_share,
-                "vote_weighting": args.vote_weighting, "epochs": args.epochs, "seed": args.seed}  # fmt: skip
+    settings = {"folds": args.folds, "seed": args.seed, "overrides": args.overrides}
     print(f"\nRAVDESS song, actors 01-20, {args.folds}-fold CV by actor, clip accuracy by vote ({settings})")
     print(f"{'model':<14} {'accuracy':>8} {'95% CI':>15} {'majority':>9} {'published':>9} {'ratio':>6} per fold")
     for arch, r in results.items():

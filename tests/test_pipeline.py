@@ -99,6 +99,16 @@ def test_train_dag_registers_every_model_of_the_matrix(workspace: Path, mlflow_s
         assert f"models/{name}" in {out["path"] for out in lock[f"train@{name}"]["outs"]}
 
 
+def test_train_dag_publishes_one_asset_per_model(workspace: Path) -> None:
+    import json
+
+    proc = airflow(airflow_env(workspace.parent / "airflow", workspace), "assets", "list", "-o", "json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assets = {a["name"]: a["uri"] for a in json.loads(proc.stdout[proc.stdout.index("["):])}
+    for name in ("cnn_ravdess", "stats_ravdess", "logreg_audioset", "lstm1_audioset"):
+        assert assets[f"model_{name}"] == f"file://{workspace}/models/{name}"
+
+
 def test_dvc_is_clean_and_pushed_after_the_airflow_run(workspace: Path) -> None:
     assert dvc(workspace, "status").strip() == "Data and pipelines are up to date."
     assert "in sync" in dvc(workspace, "status", "--cloud")

@@ -62,3 +62,22 @@ def test_real_cal500_annotations_map_to_stated_label_counts(params: dict) -> Non
         label for t in tags.values() for label in song_labels(t, cfg.vocabularies["audioset"], cfg.not_emotion_rule)
     )
     assert audioset == {"happy": 134, "sad": 58, "angry": 48}
+
+
+@pytest.mark.slow
+def test_real_ravdess_baseline_on_held_out_singers(tmp_path: Path, mlflow_server: str) -> None:
+    """The log-mel statistics baseline on real sung emotions of singers it never heard (actor folds)."""
+    from tasks.cli import run_stage
+    from tasks.workspace import make_workspace
+
+    archive = shutil.make_archive(str(tmp_path / "Audio_Song_Actors_01-24"), "zip", shared("ravdess", "song_flac16k"))
+    ws = make_workspace(tmp_path / "ws", [f"acquire_ravdess.download.url={archive}",
+                                          "features_slices.datasets=[ravdess]",
+                                          f"train.common.tracking_uri={mlflow_server}",
+                                          "train.common.registry_prefix=realdata"])  # fmt: skip
+    run_stage("acquire_ravdess", ws)
+    run_stage("features_slices", ws)
+    result = run_stage("train@stats_ravdess", ws)["stats_ravdess"]
+    # Fold 0 of 5 by actor holds out 4 of the 19 singers (176 clips); chance is 1/6, the study reports 74%.
+    assert result["val_clips"] == 176 and result["train_clips"] == 660
+    assert result["val_clip_accuracy"] >= 2 * result["chance"] and result["majority_baseline"] < 0.25

@@ -136,7 +136,7 @@ def log_run_inputs(job: Job, data: ClipData, split: Split, device: torch.device)
     side = np.full(data.n_clips, "train", dtype=object)
     side[split.val] = "validation"
     frame = pd.DataFrame({"clip_id": data.clip_ids, "label": [data.classes[i] for i in data.clip_label],
-                          "actor": data.clip_actor, "side": side})  # fmt: skip
+                          "actor": data.clip_actor.astype(str), "side": side})  # fmt: skip
     dataset = mlflow.data.from_pandas(frame, source=str(job.root / job.features_dir),
                                       name=f"{job.features_dir}:{job.entry.dataset}", targets="label")  # fmt: skip
     mlflow.log_input(dataset, context="training")
