@@ -90,12 +90,12 @@ def train_model(job: Job) -> dict[str, Any]:
     with claim_gpu(job.root / common.gpu_lock_dir, visible_gpus() if common.device != "cpu" else []) as gpu, \
             pinned(gpu):  # fmt: skip
         device = resolve_device(common.device, "train.common")
-        experiment = mlflow.set_experiment(f"mood-{job.entry.study}")
+        experiment = tracking.experiment_id(f"mood-{job.entry.study}")
         warning = tracking.random_weights_warning(data.metadata)
         description = f"{job.entry.arch} on {job.entry.dataset} ({split.describe(data)}). {warning}".strip()
         mlflow.set_system_metrics_sampling_interval(1)
         with mlflow.start_run(run_id=run_id, run_name=None if run_id else job.name,
-                              experiment_id=experiment.experiment_id, log_system_metrics=True,
+                              experiment_id=experiment, log_system_metrics=True,
                               description=None if run_id else description) as run:  # fmt: skip
             atomic_write_text(json.dumps({"stamp": stamp, "run_id": run.info.run_id}), run_file)
             if run_id is None:

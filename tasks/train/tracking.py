@@ -45,6 +45,21 @@ def check_server(uri: str) -> None:
                             "mlflow/start.sh [PORT] or set MLFLOW_TRACKING_URI / train.common.tracking_uri") from None
 
 
+def experiment_id(name: str) -> str:
+    """The experiment's id, created if missing; two tasks creating it at once both get the one that won."""
+    from mlflow.exceptions import MlflowException
+
+    import mlflow
+
+    try:
+        return mlflow.set_experiment(name).experiment_id
+    except MlflowException:
+        existing = mlflow.get_experiment_by_name(name)
+        if existing is None:
+            raise
+        return existing.experiment_id
+
+
 def registered_name(prefix: str, study: str, arch: str) -> str:
     return f"{prefix}-{study}-{arch.replace('_', '-')}"
 
