@@ -5,7 +5,7 @@
 
 Reads ../shared/data/ravdess/song_flac16k (every song clip of actors 01-20 but 18, 836 clips), runs the
 real stages in a throwaway workspace (acquire_ravdess from a zip of those files, features_slices,
-then train@<arch>_fold<k> for each fold, logging to a local MLflow server it starts), and pools the
+then train_spectrogram@<arch>_fold<k> for each fold, logging to a local MLflow server it starts), and pools the
 folds: clip-level accuracy by majority vote over all 836 held-out predictions with its 95% Wilson
 interval, beside the majority-class baseline and the published 74% (speaker-independent, same song set).
 Writes benchmarks/results/<out>.json.
@@ -51,7 +51,7 @@ def main() -> int:
                                       "split": {"kind": "actor_folds", "k": args.folds, "fold": k}}
                   for arch in archs for k in range(args.folds)}  # fmt: skip
         overrides = [f"acquire_ravdess.download.url={zipped}", "features_slices.datasets=[ravdess]",
-                     f"train.common.tracking_uri={mlflow.url}", f"train.models={json.dumps(models)}",
+                     f"train.common.tracking_uri={mlflow.url}", f"train.models={json.dumps({'spectrogram': models})}",
                      "train.common.registry_prefix=cv", *args.overrides]  # fmt: skip
         ws = make_workspace(Path(tmp) / "ws", overrides)
         for stage in ("acquire_ravdess", "features_slices"):
@@ -61,7 +61,7 @@ def main() -> int:
             folds = []
             for k in range(args.folds):
                 started = time.monotonic()
-                r = run_stage(f"train@{arch}_fold{k}", ws)[f"{arch}_fold{k}"]
+                r = run_stage(f"train_spectrogram@{arch}_fold{k}", ws)[f"{arch}_fold{k}"]
                 folds.append({"fold": k, "val_clips": r["val_clips"], "accuracy": r["val_clip_accuracy"],
                               "correct": round(r["val_clip_accuracy"] * r["val_clips"]),
                               "majority_baseline": r["majority_baseline"], "epochs_run": r["epochs_run"],

@@ -56,12 +56,8 @@ def run_stage(stage: str) -> dict[str, Any]:
 
 
 @task(pool=DVC_POOL, **LOCAL_ARGS)
-def version(stage: str, metrics: Any) -> dict[str, Any]:
-    """Record the stage's outputs in dvc.lock and push them, so `dvc status` stays clean.
-
-    metrics: the stage task's result, or the list of results of a mapped stage task.
-    """
+def version(stage: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Record the stage's outputs in dvc.lock and push them, so `dvc status` stays clean."""
     from tasks.versioning import commit_and_push
 
-    summary = metrics if isinstance(metrics, dict) else {"items": list(metrics)}
-    return {**summary, "dvc": commit_and_push(ROOT, [stage])}
+    return {**metrics, "dvc": commit_and_push(ROOT, [stage])}

@@ -1,10 +1,11 @@
-"""Train the model matrix of params.yaml (train.models) when the feature datasets are updated.
+"""Train a study's model matrix (train.models.<study> in params.yaml) when its feature dataset is updated.
 
-One mapped task per model (architecture x data x split x seed) on the `gpu` queue and pool:
-each claims a free GPU by lock file and pins it, or runs on the CPU where there is none. Each
-runs the same function as `dvc repro` (train@<name>), logs to MLflow and registers the model
-(`champion` moves only to a better one), then publishes the model as the Asset `model_<name>`.
-`version_models` records every train@<name> stage in dvc.lock and pushes the models.
+train_spectrogram runs on the slices Asset, train_audioset on the VGGish one. Each maps one task
+per model (architecture x data x split x seed) on the `gpu` queue and pool: a task claims a free
+GPU by lock file and pins it, or runs on the CPU where there is none. It runs the same function as
+`dvc repro` (train_<study>@<name>), logs to MLflow, registers the model (`champion` moves only to
+a better one) and publishes it as the Asset `model_<name>`. `version_models` then records the
+models that trained in dvc.lock and pushes them, even when another model of the run failed.
 """
 
 from __future__ import annotations
@@ -13,42 +14,59 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import AssetAlias, dag, task
-from common import GPU_POOL, GPU_QUEUE, LOCAL_ARGS, ROOT, START, features_asset, model_asset, version
+from common import DVC_POOL, GPU_POOL, GPU_QUEUE, LOCAL_ARGS, ROOT, START, features_asset, model_asset
 
+# DAG (= DVC stage group) -> the feature dataset its models read
+STUDIES = {"train_spectrogram": "slices", "train_audioset": "vggish"}
 TRAINED = AssetAlias("trained_models")
 # A study net runs for hours on a CPU; a killed or timed-out try resumes from its last epoch.
-TRAIN_ARGS = {**LOCAL_ARGS, "retries": 2, "execution_timeout": timedelta(hours=48)}
+TRAIN_ARGS = {**LOCAL_ARGS, "execution_timeout": timedelta(hours=48)}
 
 
 @task(**LOCAL_ARGS)
-def plan_models() -> list[str]:
+def plan_models(stage: str) -> list[str]:
     from tasks.cli import stage_config
 
-    return list(stage_config("train", ROOT).models)
+    return list(stage_config(stage, ROOT).models.get(stage.removeprefix("train_"), {}))
 
 
 @task(queue=GPU_QUEUE, pool=GPU_POOL, outlets=[TRAINED], map_index_template="{{ name }}", **TRAIN_ARGS)
-def train_model(name: str, *, outlet_events: Any = None) -> dict[str, Any]:
+def train_model(stage: str, name: str, *, outlet_events: Any = None) -> dict[str, Any]:
     from tasks.cli import configure_logging, run_stage
 
     configure_logging()
-    result = run_stage(f"train@{name}", ROOT)[name]
+    result = run_stage(f"{stage}@{name}", ROOT)[name]
     outlet_events[TRAINED].add(model_asset(name), extra={k: result[k] for k in ("registered_model", "version")})
     return result
 
 
-@dag(
-    dag_id="train",
-    schedule=[features_asset("slices"), features_asset("vggish")],
-    start_date=START,
-    catchup=False,
-    max_active_runs=1,
-    tags=["train", "mlflow", "gpu", "dvc"],
-    doc_md=__doc__,
-)
-def train() -> None:
-    trained = train_model.expand(name=plan_models())
-    version.override(task_id="version_models")("train", trained)
+@task(pool=DVC_POOL, trigger_rule="all_done", **LOCAL_ARGS)
+def version_models(stage: str, results: Any) -> dict[str, Any]:
+    """dvc commit + push the train stages whose task succeeded (a failed one has no result)."""
+    from tasks.versioning import commit_and_push
+
+    trained = [r["model"] for r in results if r]
+    if not trained:
+        raise RuntimeError(f"{stage}: no model trained; nothing to version")
+    return {"models": trained, "dvc": commit_and_push(ROOT, [f"{stage}@{name}" for name in trained])}
 
 
-train()
+def train_dag(stage: str, features: str) -> None:
+    @dag(
+        dag_id=stage,
+        schedule=[features_asset(features)],
+        start_date=START,
+        catchup=False,
+        max_active_runs=1,
+        tags=["train", features, "mlflow", "gpu", "dvc"],
+        doc_md=__doc__,
+    )
+    def build() -> None:
+        trained = train_model.partial(stage=stage).expand(name=plan_models(stage))
+        version_models(stage, trained)
+
+    build()
+
+
+for _stage, _features in STUDIES.items():
+    train_dag(_stage, _features)

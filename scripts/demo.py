@@ -35,7 +35,7 @@ METRICS = {"RAVDESS": "metrics/acquire_ravdess.json", "CAL500": "metrics/acquire
            "AudioSet": "metrics/acquire_audioset.json"}  # fmt: skip
 # Scheduled on Assets: the features DAGs on the raw stores acquire updates, train on both feature datasets.
 FEATURE_DAGS = {"features_slices": "metrics/features_slices.json", "features_vggish": "metrics/features_vggish.json"}
-ASSET_DAGS = [*FEATURE_DAGS, "train"]
+ASSET_DAGS = [*FEATURE_DAGS, "train_spectrogram", "train_audioset"]
 # The demo's model matrix trains in about a minute on 2 cores: the small CNN on slices, logistic
 # regression and an LSTM on (random-weight) VGGish embeddings, and the log-mel statistics baseline.
 DEMO_EPOCHS = 30
@@ -45,7 +45,7 @@ def train_overrides(mlflow_url: str, ravdess_actors: int) -> list[str]:
     """The workspace logs to the demo's MLflow server; RAVDESS models validate on one held-out actor."""
     folds = max(2, min(5, ravdess_actors))
     return [f"train.common.tracking_uri={mlflow_url}",
-            *(f"train.models.{m}.split.k={folds}" for m in ("cnn_ravdess", "stats_ravdess")),
+            *(f"train.models.spectrogram.{m}.split.k={folds}" for m in ("cnn_ravdess", "stats_ravdess")),
             f"train.architectures.small_cnn.epochs={DEMO_EPOCHS}"]  # fmt: skip
 
 
@@ -165,7 +165,7 @@ MLflow UI    {mlflow_url}   (experiments mood-spectrogram, mood-audioset; Models
 Workspace    {workspace}   (a git + DVC repo; its params.yaml points at the mirror)
   cd {workspace} && {Path(sys.executable).parent}/dvc status     # clean: dvc.lock matches the run
   {Path(sys.executable).parent}/dvc metrics show                  # the counts and validation scores above
-  {Path(sys.executable).parent}/dvc exp run -S train.models.cnn_ravdess.seed=1   # retrain one model, new MLflow run
+  {Path(sys.executable).parent}/dvc exp run -S train.models.spectrogram.cnn_ravdess.seed=1   # retrain one model
   {Path(sys.executable).parent}/dvc repro                         # nothing to do: already reproduced
 Raw clips    {workspace}/data/raw/<dataset>/{{manifest,failures}}.parquet and shards/
 Features     {workspace}/data/features/<slices|vggish>/dataset=*/split=*/*.parquet, _dataset.json, _failures.parquet

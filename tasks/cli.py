@@ -43,8 +43,10 @@ STAGES: dict[str, Stage] = {
                              "square log-mel spectrogram slices of the stored clips and songs"),
     "features_vggish": Stage("features_vggish", "tasks.features.vggish:features_vggish",
                              "VGGish embeddings (128-d per 0.96 s) of the stored clips"),
-    "train": Stage("train", "tasks.train.stage:train",
-                   "train the model matrix (train@NAME: one entry), log to MLflow, register"),
+    "train_spectrogram": Stage("train", "tasks.train.stage:train_spectrogram",
+                               "train the spectrogram study's models (@NAME: one), log to MLflow, register"),
+    "train_audioset": Stage("train", "tasks.train.stage:train_audioset",
+                            "train the AudioSet study's models (@NAME: one), log to MLflow, register"),
 }  # fmt: skip
 
 
@@ -60,7 +62,7 @@ def stage_config(name: str, root: Path, params_file: Path | None = None, overrid
 def run_stage(name: str, root: Path, params_file: Path | None = None, overrides: list[str] | None = None) -> dict:
     """Validate the stage's params section and run it with `root` as the workspace.
 
-    `stage@item` runs one item of a foreach stage, as dvc.yaml names it (train@cnn_ravdess).
+    `stage@item` runs one item of a foreach stage, as dvc.yaml names it (train_spectrogram@cnn_ravdess).
     """
     cfg = stage_config(name, root, params_file, overrides)
     stage, _, item = name.partition("@")

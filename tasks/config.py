@@ -293,6 +293,9 @@ class AcquireAudiosetConfig(Section):
 
 SLICE_ARCHS = ("resnet50", "resnet152", "vgg11", "vgg19", "googlenet", "small_cnn", "logreg_stats")
 EMBEDDING_ARCHS = ("logreg", "lstm1", "lstm3")
+# study -> (the feature dataset its models read, its architectures)
+STUDIES = {"spectrogram": ("slices", SLICE_ARCHS), "audioset": ("vggish", EMBEDDING_ARCHS)}
+Study = Literal["spectrogram", "audioset"]
 
 
 class ArchConfig(Section):
@@ -320,6 +323,9 @@ class SplitConfig(Section):
     actors: the clips of test_actors are the validation side (speaker-independent RAVDESS);
     actor_folds: fold `fold` of k folds by actor; stratified_folds: fold `fold` of k
     label-stratified folds by clip (the AudioSet study's 400 clips).
+    inner_share of the training clips (by clip) choose the epoch and the search's best set, so the
+    validation side only reports; 0 chooses on the validation side itself, as the study did, which
+    makes its score optimistic.
     """
 
     kind: Literal["random", "actors", "actor_folds", "stratified_folds"] = "random"
@@ -327,6 +333,8 @@ class SplitConfig(Section):
     test_actors: list[int] = []
     k: Annotated[int, Field(ge=2)] = 5
     fold: Annotated[int, Field(ge=0)] = 0
+    seed: int = 0  # draws the random splits and folds; the model's own seed leaves the split alone
+    inner_share: Annotated[float, Field(ge=0, lt=1)] = 0.15
 
     @model_validator(mode="after")
     def _complete(self) -> SplitConfig:
@@ -343,16 +351,8 @@ class ModelEntry(Section):
     arch: Literal[SLICE_ARCHS + EMBEDDING_ARCHS]  # type: ignore[valid-type]
     dataset: str  # partition of the feature dataset; names its label vocabulary
     split: SplitConfig = SplitConfig()
-    seed: int = 0
+    seed: int = 0  # initialisation, shuffling, augmentation, dropout
     overrides: dict[str, Any] = {}  # keys of ArchConfig for this cell only
-
-    @property
-    def features(self) -> str:
-        return "slices" if self.arch in SLICE_ARCHS else "vggish"
-
-    @property
-    def study(self) -> str:
-        return "spectrogram" if self.features == "slices" else "audioset"
 
 
 class AugmentConfig(Section):
@@ -397,27 +397,35 @@ class TrainCommonConfig(Section):
 
 
 class TrainConfig(Section):
+    """The model matrix per study (train.models.<study>.<name>), architecture defaults, common settings."""
+
     common: TrainCommonConfig
     architectures: dict[str, ArchConfig]
-    models: dict[str, ModelEntry] = Field(min_length=1)
+    models: dict[Study, dict[str, ModelEntry]]
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        for name, entry in self.models.items():
-            if not PARTITION_NAME.match(name):
-                raise ValueError(f"model name {name!r} must be letters, digits, _ or -")
-            if entry.arch not in self.architectures:
-                raise ValueError(f"models.{name}.arch {entry.arch!r} has no entry under architectures")
-            if entry.dataset not in self.common.vocabularies:
-                raise ValueError(f"models.{name}.dataset {entry.dataset!r} has no label list under "
-                                 f"common.vocabularies ({sorted(self.common.vocabularies)})")
-            unknown = set(entry.overrides) - set(ArchConfig.model_fields)
-            if unknown:
-                raise ValueError(f"models.{name}.overrides: unknown keys {sorted(unknown)}")
+        seen: set[str] = set()
+        for study, entries in self.models.items():
+            for name, entry in entries.items():
+                key = f"models.{study}.{name}"
+                if not PARTITION_NAME.match(name) or name in seen:
+                    raise ValueError(f"{key}: a model name must be unique and letters, digits, _ or -")
+                seen.add(name)
+                if entry.arch not in STUDIES[study][1]:
+                    raise ValueError(f"{key}.arch {entry.arch!r} is not an architecture of the {study} study "
+                                     f"{list(STUDIES[study][1])}")  # fmt: skip
+                if entry.arch not in self.architectures:
+                    raise ValueError(f"{key}.arch {entry.arch!r} has no entry under architectures")
+                if entry.dataset not in self.common.vocabularies:
+                    raise ValueError(f"{key}.dataset {entry.dataset!r} has no label list under "
+                                     f"common.vocabularies ({sorted(self.common.vocabularies)})")
+                unknown = set(entry.overrides) - set(ArchConfig.model_fields)
+                if unknown:
+                    raise ValueError(f"{key}.overrides: unknown keys {sorted(unknown)}")
         return self
 
-    def arch_config(self, name: str) -> ArchConfig:
-        entry = self.models[name]
+    def arch_config(self, entry: ModelEntry) -> ArchConfig:
         base = self.architectures[entry.arch].model_dump()
         return ArchConfig.model_validate({**base, **entry.overrides})
 

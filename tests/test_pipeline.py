@@ -13,7 +13,8 @@ FEATURE_DAGS = ("features_slices", "features_vggish")
 # The test corpus has one singer and a few AudioSet clips: random splits by clip, a few epochs.
 RANDOM_SPLIT = "{kind: random, val_share: 0.5}"
 TRAIN_OVERRIDES = [*(f"train.models.{m}.split={RANDOM_SPLIT}" for m in
-                     ("cnn_ravdess", "stats_ravdess", "logreg_audioset", "lstm1_audioset")),
+                     ("spectrogram.cnn_ravdess", "spectrogram.stats_ravdess", "audioset.logreg_audioset",
+                      "audioset.lstm1_audioset")),
                    *(f"train.architectures.{a}.epochs=3" for a in ("small_cnn", "logreg", "lstm1")),
                    "train.common.registry_prefix=pipeline"]  # fmt: skip
 
@@ -31,7 +32,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, mirror_params: list[str]
     env = airflow_env(root / "airflow", ws)
     prepare_airflow(env)
     # The features DAGs run on the Assets acquire publishes, train on theirs; `dags test` runs each in turn.
-    for dag_id in ["acquire", *FEATURE_DAGS, "train"]:
+    for dag_id in ["acquire", *FEATURE_DAGS, "train_spectrogram", "train_audioset"]:
         proc = airflow(env, "dags", "test", dag_id)
         log = proc.stdout + proc.stderr
         assert proc.returncode == 0, log[-5000:]
@@ -87,16 +88,16 @@ def test_train_dag_registers_every_model_of_the_matrix(workspace: Path, mlflow_s
     mlflow.set_tracking_uri(mlflow_server)
     client = mlflow.MlflowClient()
     lock = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"]
-    for name, registered in [("cnn_ravdess", "pipeline-spectrogram-small-cnn"),
-                             ("stats_ravdess", "pipeline-spectrogram-logreg-stats"),
-                             ("logreg_audioset", "pipeline-audioset-logreg"),
-                             ("lstm1_audioset", "pipeline-audioset-lstm1")]:  # fmt: skip
+    for stage, name, registered in [("train_spectrogram", "cnn_ravdess", "pipeline-spectrogram-small-cnn"),
+                                    ("train_spectrogram", "stats_ravdess", "pipeline-spectrogram-logreg-stats"),
+                                    ("train_audioset", "logreg_audioset", "pipeline-audioset-logreg"),
+                                    ("train_audioset", "lstm1_audioset", "pipeline-audioset-lstm1")]:  # fmt: skip
         card = yaml.safe_load((workspace / f"models/{name}/model.json").read_text())
         assert card["registered_model"] == registered
         assert client.get_model_version_by_alias(registered, "champion").version == card["version"]
         assert client.get_run(card["mlflow_run_id"]).data.tags["features.dvc_hash"] == outs_md5(
             workspace / "dvc.lock")[card["features"]["dir"]]
-        assert f"models/{name}" in {out["path"] for out in lock[f"train@{name}"]["outs"]}
+        assert f"models/{name}" in {out["path"] for out in lock[f"{stage}@{name}"]["outs"]}
 
 
 def test_train_dag_publishes_one_asset_per_model(workspace: Path) -> None:
@@ -138,7 +139,7 @@ def test_clean_clone_reproduces_the_same_artifacts(workspace: Path, tmp_path: Pa
     dvc(clone, "remote", "modify", "--local", "local", "url", str(tmp_path / "fresh-remote"))
     out = dvc(clone, "repro")
     assert "Running stage 'acquire_ravdess'" in out and "Running stage 'acquire_cal500'" in out
-    assert "Running stage 'train@cnn_ravdess'" in out
+    assert "Running stage 'train_spectrogram@cnn_ravdess'" in out
     # Data, features and learning curves are byte-identical; a model's folder and metrics also name its own
     # MLflow run and registered version, so only its weights are compared.
     data = {p: h for p, h in outs_md5(workspace / "dvc.lock").items() if not p.startswith(("models/", "metrics/"))}

@@ -77,7 +77,7 @@ def test_real_ravdess_baseline_on_held_out_singers(tmp_path: Path, mlflow_server
                                           "train.common.registry_prefix=realdata"])  # fmt: skip
     run_stage("acquire_ravdess", ws)
     run_stage("features_slices", ws)
-    result = run_stage("train@stats_ravdess", ws)["stats_ravdess"]
+    result = run_stage("train_spectrogram@stats_ravdess", ws)["stats_ravdess"]
     # Fold 0 of 5 by actor holds out 4 of the 19 singers (176 clips); chance is 1/6, the study reports 74%.
     assert result["val_clips"] == 176 and result["train_clips"] == 660
     assert result["val_clip_accuracy"] >= 2 * result["chance"] and result["majority_baseline"] < 0.25

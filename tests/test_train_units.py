@@ -42,20 +42,21 @@ SPLITS = [
 @pytest.mark.parametrize("cfg", SPLITS, ids=lambda c: f"{c.kind}-{c.val_share}-{c.fold}")
 def test_no_clip_or_slice_is_on_both_sides(slices: Path, cfg: SplitConfig) -> None:
     data = load_clips(slices, "slices", "ravdess", CLASSES, 10)
-    split = split_clips(data, cfg, seed=3, what="test")
-    assert not set(split.train) & set(split.val)
-    assert sorted([*split.train, *split.val]) == list(range(data.n_clips))
-    train_rows, val_rows = data.rows_of(split.train), data.rows_of(split.val)
+    split = split_clips(data, cfg, what="test")
+    sides = [split.train, split.inner, split.val]
+    assert all(not set(a) & set(b) for i, a in enumerate(sides) for b in sides[i + 1:])
+    assert sorted(np.concatenate(sides).tolist()) == list(range(data.n_clips)) and len(split.inner) > 0
+    train_rows, val_rows = data.rows_of(split.learn), data.rows_of(split.val)
     assert not set(train_rows) & set(val_rows) and len(train_rows) + len(val_rows) == len(data.inputs)
     train_ids = {data.clip_ids[data.row_clip[r]] for r in train_rows}
     assert train_ids.isdisjoint(data.clip_ids[data.row_clip[r]] for r in val_rows)
     if cfg.kind.startswith("actor"):
-        assert set(data.clip_actor[split.train]).isdisjoint(data.clip_actor[split.val])
+        assert set(data.clip_actor[split.learn]).isdisjoint(data.clip_actor[split.val])
 
 
 def test_actor_folds_cover_every_actor_once(slices: Path) -> None:
     data = load_clips(slices, "slices", "ravdess", CLASSES, 10)
-    held = [set(data.clip_actor[split_clips(data, SplitConfig(kind="actor_folds", k=5, fold=f), 0, "t").val])
+    held = [set(data.clip_actor[split_clips(data, SplitConfig(kind="actor_folds", k=5, fold=f), "t").val])
             for f in range(5)]  # fmt: skip
     assert sorted(a for h in held for a in h) == [1, 2, 3, 4, 5]
 
@@ -86,7 +87,7 @@ def test_bad_training_data_is_a_clear_error(tmp_path: Path, clips: list, classes
                                             message: str) -> None:  # fmt: skip
     root = write_slices(tmp_path / "slices", clips)
     with pytest.raises(TrainDataError) as err:
-        split_clips(load_clips(root, "slices", "ravdess", classes, 10), split, 0, "train.models.m")
+        split_clips(load_clips(root, "slices", "ravdess", classes, 10), split, "train.models.m")
     assert message in str(err.value)
 
 
@@ -99,11 +100,16 @@ def test_missing_or_empty_features_name_the_fix(tmp_path: Path) -> None:
 
 
 def test_model_matrix_errors_name_the_key(params: dict) -> None:
-    params["train"]["models"]["bad"] = {"arch": "resnet18", "dataset": "ravdess"}
-    with pytest.raises(ConfigError, match=r"train\.models\.bad\.arch: Input should be 'resnet50'"):
+    models = params["train"]["models"]
+    models["spectrogram"]["bad"] = {"arch": "resnet18", "dataset": "ravdess"}
+    with pytest.raises(ConfigError, match=r"train\.models\.spectrogram\.bad\.arch: Input should be 'resnet50'"):
         section_config(params, "train")
-    params["train"]["models"]["bad"] = {"arch": "small_cnn", "dataset": "gtzan"}
-    with pytest.raises(ConfigError, match=r"models\.bad\.dataset 'gtzan' has no label list"):
+    models["spectrogram"]["bad"] = {"arch": "small_cnn", "dataset": "gtzan"}
+    with pytest.raises(ConfigError, match=r"models\.spectrogram\.bad\.dataset 'gtzan' has no label list"):
+        section_config(params, "train")
+    models["spectrogram"]["bad"] = {"arch": "lstm1", "dataset": "ravdess"}
+    with pytest.raises(ConfigError, match=r"models\.spectrogram\.bad\.arch 'lstm1' is not an architecture of the "
+                                          r"spectrogram study"):  # fmt: skip
         section_config(params, "train")
 
 

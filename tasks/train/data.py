@@ -111,21 +111,40 @@ def dequantize(embeddings: torch.Tensor, metadata: dict[str, Any]) -> torch.Tens
 
 @dataclass(frozen=True)
 class Split:
-    train: np.ndarray  # clip indices
-    val: np.ndarray
+    train: np.ndarray  # clip indices the model learns from
+    val: np.ndarray  # held out: reported
+    inner: np.ndarray  # held out of the training side: chooses the epoch and the search's set (may be empty)
     signature: str  # hash of the validation clips: models are compared only on the same one
 
-    def describe(self, data: ClipData) -> str:
-        return f"{len(self.train)} train / {len(self.val)} validation clips"
+    @property
+    def monitor(self) -> np.ndarray:
+        """The clips that choose: the inner ones, or the validation side when there are none."""
+        return self.inner if len(self.inner) else self.val
+
+    @property
+    def learn(self) -> np.ndarray:
+        """Every clip outside the validation side (for models that choose nothing)."""
+        return np.sort(np.concatenate([self.train, self.inner]))
+
+    def describe(self) -> str:
+        inner = f" ({len(self.inner)} of them choose the epoch)" if len(self.inner) else ""
+        return f"{len(self.train) + len(self.inner)} train{inner} / {len(self.val)} validation clips"
 
 
-def split_clips(data: ClipData, cfg: SplitConfig, seed: int, what: str) -> Split:
-    """Train and validation clips; every option keeps a clip (and for actor splits a singer) on one side."""
+def random_clips(clips: np.ndarray, labels: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded share of the clips, stratified by label where every class can give one to each side."""
+    counts = np.bincount(labels)
+    n_held = max(1, round(share * len(clips)))
+    stratify = labels if counts[counts > 0].min() >= 2 and n_held >= (counts > 0).sum() else None
+    return train_test_split(clips, test_size=n_held, random_state=seed, stratify=stratify)
+
+
+def split_clips(data: ClipData, cfg: SplitConfig, what: str) -> Split:
+    """Train, inner and validation clips; every option keeps a clip (and for actor splits a singer) on one side."""
     clips = np.arange(data.n_clips)
+    seed = cfg.seed
     if cfg.kind == "random":
-        counts = np.bincount(data.clip_label)
-        stratify = data.clip_label if counts[counts > 0].min() >= 2 else None
-        train, val = train_test_split(clips, test_size=cfg.val_share, random_state=seed, stratify=stratify)
+        train, val = random_clips(clips, data.clip_label, cfg.val_share, seed)
     elif cfg.kind == "actors":
         known = set(data.clip_actor.tolist())
         missing = sorted(set(cfg.test_actors) - known)
@@ -152,8 +171,12 @@ def split_clips(data: ClipData, cfg: SplitConfig, seed: int, what: str) -> Split
         train, val = folds[cfg.fold]
     train, val = np.sort(train), np.sort(val)
     check_split(data, train, val, what)
+    inner = np.empty(0, np.int64)
+    if cfg.inner_share:
+        train, inner = (np.sort(side) for side in random_clips(train, data.clip_label[train], cfg.inner_share, seed))
+        check_split(data, train, inner, f"{what} (split.inner_share {cfg.inner_share}: set 0 for small data)")
     ids = "\n".join(data.clip_ids[i] for i in val)
-    return Split(train, val, hashlib.sha256(ids.encode()).hexdigest()[:16])
+    return Split(train, val, inner, hashlib.sha256(ids.encode()).hexdigest()[:16])
 
 
 def check_split(data: ClipData, train: np.ndarray, val: np.ndarray, what: str) -> None:

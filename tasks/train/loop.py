@@ -50,7 +50,8 @@ class FitResult:
     history: list[dict[str, float]]
     best_epoch: int
     resumed_from: int  # epochs done before this process (0: a fresh run)
-    scores: Scores | None = None
+    scores: Scores | None = None  # on the validation side
+    monitor_scores: Scores | None = None  # on the clips that chose the epoch (split.monitor)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -157,7 +158,7 @@ def make_optimizer(model: nn.Module, cfg: ArchConfig) -> torch.optim.Optimizer:
 def fit(model: MoodNet, data: ClipData, split: Split, cfg: ArchConfig, augment: AugmentConfig, seed: int,
         device: torch.device, checkpoint: Checkpoint, min_real_share: float = 0.0, weighting: str = "real_share",
         on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> FitResult:  # fmt: skip
-    """Train until cfg.epochs or `patience` epochs without a lower validation loss; the best epoch's
+    """Train until cfg.epochs or `patience` epochs without a lower loss on split.monitor; the best epoch's
     weights are returned. `on_epoch(epoch, row)` sees each epoch's figures (for MLflow)."""
     model.to(device)
     if device.type == "cuda":
@@ -166,7 +167,7 @@ def fit(model: MoodNet, data: ClipData, split: Split, cfg: ArchConfig, augment: 
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_epochs, gamma=cfg.gamma)
     rows = training_rows(data, split, min_real_share)
     row_target = torch.from_numpy(data.clip_label[data.row_clip])
-    criterion = nn.CrossEntropyLoss(weight=class_weights(data.clip_label[split.train], len(data.classes)).to(device))
+    criterion = nn.CrossEntropyLoss(weight=class_weights(row_target[rows].numpy(), len(data.classes)).to(device))
     history: list[dict[str, float]] = []
     best = {"loss": float("inf"), "epoch": -1, "state": None}
     start = 0
@@ -209,20 +210,26 @@ def fit(model: MoodNet, data: ClipData, split: Split, cfg: ArchConfig, augment: 
         scores = evaluate(model, data, split.val, device, weighting)
         row = {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                "val_loss": scores.loss, "val_accuracy": scores.row_accuracy,
-               "val_clip_accuracy": scores.clip_accuracy, "lr": lr,
-               "epoch_seconds": time.monotonic() - started}  # fmt: skip
+               "val_clip_accuracy": scores.clip_accuracy, "lr": lr}  # fmt: skip
+        if len(split.inner):
+            chooser = evaluate(model, data, split.inner, device, weighting)
+            row.update(inner_loss=chooser.loss, inner_clip_accuracy=chooser.clip_accuracy)
+        else:
+            chooser = scores
+        row["epoch_seconds"] = time.monotonic() - started
         history.append(row)
-        if scores.loss < best["loss"]:
+        if chooser.loss < best["loss"]:
             best = {"loss": scores.loss, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
         if on_epoch is not None:
             on_epoch(epoch, row)
-        log.info("epoch %d/%d: train loss %.4f acc %.3f | val loss %.4f acc %.3f clip acc %.3f | lr %.2g | %.1f s",
-                 epoch + 1, cfg.epochs, row["train_loss"], row["train_accuracy"], row["val_loss"],
-                 row["val_accuracy"], row["val_clip_accuracy"], lr, row["epoch_seconds"])  # fmt: skip
+        log.info("epoch %d/%d: train loss %.4f acc %.3f | choosing loss %.4f | val loss %.4f acc %.3f clip acc %.3f | "
+                 "lr %.2g | %.1f s", epoch + 1, cfg.epochs, row["train_loss"], row["train_accuracy"], chooser.loss,
+                 row["val_loss"], row["val_accuracy"], row["val_clip_accuracy"], lr, row["epoch_seconds"])  # fmt: skip
         checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                          "scheduler": scheduler.state_dict(), "history": history, "best": best})
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     result = FitResult(model, history, best["epoch"], start)
     result.scores = evaluate(model, data, split.val, device, weighting)
+    result.monitor_scores = evaluate(model, data, split.monitor, device, weighting)
     return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -62,7 +63,8 @@ def search(job: Job, data: ClipData, split: Split, device: torch.device, stamp: 
         params = {name: suggest(trial, name, spec) for name, spec in cfg.space.items()}
         key = str(number)
         record = done.get(key)
-        if record is not None and record["params"] == params and record["stamp"] == stamp:
+        same = record is not None and record.get("stamp") == stamp and record["params"] == params
+        if same and "score" in record and trial_file(job, number).exists():
             study.tell(trial, record["score"])
             log.info("trial %d: done before (%s): clip accuracy %.3f", number, params, record["score"])
             if (record["score"], -record["loss"]) > best[:2]:
@@ -70,8 +72,7 @@ def search(job: Job, data: ClipData, split: Split, device: torch.device, stamp: 
             continue
         arch = ArchConfig.model_validate({**job.arch.model_dump(), **params})
         trial_stamp = params_hash({"stamp": stamp, "params": params})
-        same = record is not None and record.get("stamp") == stamp and record["params"] == params
-        run_id = record.get("run_id") if same else None
+        run_id = record.get("run_id") if same else None  # an unfinished trial: resume its run and checkpoint
         with mlflow.start_run(run_id=run_id, run_name=None if run_id else f"{job.name}-trial-{number}",
                               nested=True) as child:  # fmt: skip
             done[key] = {"params": params, "stamp": stamp, "run_id": child.info.run_id}
@@ -80,26 +81,23 @@ def search(job: Job, data: ClipData, split: Split, device: torch.device, stamp: 
                 mlflow.log_params({**{f"trial.{k}": v for k, v in params.items()}, "trial.number": number})
             result = fit_model(job, arch, data, split, device,
                                Checkpoint(job.checkpoint_dir / f"trial-{number}.pt", trial_stamp))  # fmt: skip
-        assert result.scores is not None
-        score, loss = result.scores.clip_accuracy, result.scores.loss
+        assert result.monitor_scores is not None  # chosen on the inner clips where the split has them
+        score, loss = result.monitor_scores.clip_accuracy, result.monitor_scores.loss
         study.tell(trial, score)
+        torch.save(result, trial_file(job, number))  # before the score: a scored trial always has its result
         done[key].update(score=score, loss=loss)
         atomic_write_text(json.dumps(done), done_file)
-        save_trial(job, number, result)
-        log.info("trial %d/%d %s: validation clip accuracy %.3f, loss %.4f", number + 1, cfg.trials, params, score,
+        log.info("trial %d/%d %s: choosing clip accuracy %.3f, loss %.4f", number + 1, cfg.trials, params, score,
                  loss)  # fmt: skip
         if (score, -loss) > best[:2]:
             best = (score, -loss, number, result)
-    number, result = best[2], best[3] or load_trial(job, best[2])
+    number = best[2]
+    result = best[3] or torch.load(trial_file(job, number), weights_only=False)
     mlflow.log_params({f"best.{k}": v for k, v in done[str(number)]["params"].items()})
     mlflow.set_tag("search", f"{cfg.trials} {cfg.sampler} trials (seed {cfg.seed}); best: trial {number}")
     log.info("search: best trial %d %s", number, done[str(number)]["params"])
     return result
 
 
-def save_trial(job: Job, number: int, result: FitResult) -> None:
-    torch.save(result, job.checkpoint_dir / f"trial-{number}-result.pt")
-
-
-def load_trial(job: Job, number: int) -> FitResult:
-    return torch.load(job.checkpoint_dir / f"trial-{number}-result.pt", weights_only=False)
+def trial_file(job: Job, number: int) -> Path:
+    return job.checkpoint_dir / f"trial-{number}-result.pt"

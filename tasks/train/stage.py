@@ -1,14 +1,18 @@
-"""The `train` stage: one cell of the model matrix (train@<name>) from feature dataset to registered model.
+"""The train stages: one cell of a study's model matrix (train_<study>@<name>) from features to registered model.
 
 Story: load the clips and check their labels, split them by group, claim a GPU (or the CPU),
 train with a checkpoint per epoch into one MLflow run (resumed after a retry), score the
 validation side by clip-level vote beside a majority baseline, log curves, confusion matrix and
 the model, register it and move `champion` only to a better one, and write the DVC outputs:
 models/<name>/ and metrics/train_<name>.json, plots/train_<name>.csv.
+
+A retried task finds its checkpoint, its MLflow run and, past registration, its registered
+version under .cache/train/<name>/, so it neither retrains finished epochs nor registers twice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -20,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tasks.config import ArchConfig, ConfigError, ModelEntry, TrainConfig
+from tasks.config import STUDIES, ArchConfig, ConfigError, ModelEntry, TrainConfig
 from tasks.features.dataset import params_hash
 from tasks.features.stage import resolve_device
 from tasks.storage import atomic_write_text, write_json
@@ -32,12 +36,15 @@ from tasks.train.models import MoodNet, build_net, load_pretrained
 from tasks.train.search import search
 
 log = logging.getLogger("tasks")
+# Shipped with each pickled torch model, so it loads where this project is not installed.
+PACKAGE = Path(__file__).resolve().parents[1]
 
 
 @dataclass
 class Job:
     """Everything one model's training needs, resolved from params."""
 
+    study: str
     name: str
     entry: ModelEntry
     arch: ArchConfig
@@ -46,24 +53,53 @@ class Job:
 
     @property
     def what(self) -> str:
-        return f"train.models.{self.name}"
+        return f"train.models.{self.study}.{self.name}"
+
+    @property
+    def features(self) -> str:
+        return STUDIES[self.study][0]
 
     @property
     def features_dir(self) -> str:
-        return self.cfg.common.features[self.entry.features]
+        return self.cfg.common.features[self.features]
 
     @property
     def checkpoint_dir(self) -> Path:
         return self.root / self.cfg.common.checkpoint_dir / self.name
 
 
-def train(cfg: TrainConfig, root: Path, item: str | None = None) -> dict[str, Any]:
-    """Train one model of the matrix (`item`), or every one in turn."""
-    names = [item] if item else list(cfg.models)
-    unknown = [n for n in names if n not in cfg.models]
+def train(cfg: TrainConfig, root: Path, study: str, item: str | None = None) -> dict[str, Any]:
+    """Train one model of the study's matrix (`item`), or every one in turn."""
+    entries = cfg.models.get(study, {})
+    names = [item] if item else list(entries)
+    unknown = [n for n in names if n not in entries]
     if unknown:
-        raise ConfigError(f"train.models has no entry {unknown[0]!r}; entries: {sorted(cfg.models)}")
-    return {n: train_model(Job(n, cfg.models[n], cfg.arch_config(n), cfg, root)) for n in names}
+        raise ConfigError(f"train.models.{study} has no entry {unknown[0]!r}; entries: {sorted(entries)}")
+    return {n: train_model(Job(study, n, entries[n], cfg.arch_config(entries[n]), cfg, root)) for n in names}
+
+
+def train_spectrogram(cfg: TrainConfig, root: Path, item: str | None = None) -> dict[str, Any]:
+    return train(cfg, root, "spectrogram", item)
+
+
+def train_audioset(cfg: TrainConfig, root: Path, item: str | None = None) -> dict[str, Any]:
+    return train(cfg, root, "audioset", item)
+
+
+def training_stamp(job: Job, data: ClipData, split: Split) -> str:
+    """What a checkpoint or a finished registration is valid for: everything that shapes the weights."""
+    common = job.cfg.common
+    shaping = {"vocabulary": common.vocabularies[job.entry.dataset], "min_real_share": common.min_real_share,
+               "vote_weighting": common.vote_weighting, "sequence_length": common.sequence_length,
+               "augment": common.augment.model_dump(mode="json"),
+               "search": common.search.model_dump(mode="json")}  # fmt: skip
+    return params_hash({"entry": job.entry.model_dump(mode="json"), "arch": job.arch.model_dump(mode="json"),
+                        "common": shaping, "code": code_version(), "features": data.metadata.get("params_hash"),
+                        "val": split.signature, "train": [data.clip_ids[i] for i in split.learn]})  # fmt: skip
+
+
+def code_version() -> str:
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("*.py")))).hexdigest()[:16]
 
 
 def train_model(job: Job) -> dict[str, Any]:
@@ -71,28 +107,26 @@ def train_model(job: Job) -> dict[str, Any]:
 
     common = job.cfg.common
     classes = common.vocabularies[job.entry.dataset]
-    data = load_clips(job.root / job.features_dir, job.entry.features, job.entry.dataset, classes,
-                      common.sequence_length)  # fmt: skip
-    split = split_clips(data, job.entry.split, job.entry.seed, job.what)
-    log.info("%s: %s %s on %s/%s: %s (%d classes)", job.what, job.entry.study, job.entry.arch, job.features_dir,
-             job.entry.dataset, split.describe(data), len(classes))  # fmt: skip
+    data = load_clips(job.root / job.features_dir, job.features, job.entry.dataset, classes, common.sequence_length)
+    split = split_clips(data, job.entry.split, job.what)
+    log.info("%s: %s on %s/%s: %s (%d classes)", job.what, job.entry.arch, job.features_dir, job.entry.dataset,
+             split.describe(), len(classes))  # fmt: skip
     uri = tracking.tracking_uri(common.tracking_uri)
     tracking.check_server(uri)
     mlflow.set_tracking_uri(uri)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    stamp = params_hash({"entry": job.entry.model_dump(mode="json"), "arch": job.arch.model_dump(mode="json"),
-                         "common": common.model_dump(mode="json", exclude={"tracking_uri", "register_models"}),
-                         "features": data.metadata.get("params_hash"), "val": split.signature,
-                         "train": [data.clip_ids[i] for i in split.train]})  # fmt: skip
+    stamp = training_stamp(job, data, split)
     run_file = job.checkpoint_dir / "run.json"
     previous = json.loads(run_file.read_text()) if run_file.exists() else {}
-    run_id = previous.get("run_id") if previous.get("stamp") == stamp else None
+    if previous.get("stamp") != stamp:
+        previous = {}
+    run_id = previous.get("run_id")
     with claim_gpu(job.root / common.gpu_lock_dir, visible_gpus() if common.device != "cpu" else []) as gpu, \
             pinned(gpu):  # fmt: skip
         device = resolve_device(common.device, "train.common")
-        experiment = tracking.experiment_id(f"mood-{job.entry.study}")
+        experiment = tracking.experiment_id(f"mood-{job.study}")
         warning = tracking.random_weights_warning(data.metadata)
-        description = f"{job.entry.arch} on {job.entry.dataset} ({split.describe(data)}). {warning}".strip()
+        description = f"{job.entry.arch} on {job.entry.dataset} ({split.describe()}). {warning}".strip()
         mlflow.set_system_metrics_sampling_interval(1)
         with mlflow.start_run(run_id=run_id, run_name=None if run_id else job.name,
                               experiment_id=experiment, log_system_metrics=True,
@@ -112,7 +146,14 @@ def train_model(job: Job) -> dict[str, Any]:
             mlflow.log_metrics({(f"final_{k}" if k in result.history[0] else k): v for k, v in metrics.items()
                                 if isinstance(v, int | float)})  # fmt: skip
             log_figures(job, data, split, result)
-            registry = log_model(job, data, result, metrics, split)
+            registry = previous.get("registry")
+            if registry is None:
+                registry = log_model(job, data, result, metrics, split)
+                atomic_write_text(json.dumps({"stamp": stamp, "run_id": run.info.run_id, "registry": registry}),
+                                  run_file)  # fmt: skip
+            else:
+                log.info("%s: already registered as %s v%s before the retry", job.what, registry["registered_model"],
+                         registry["version"])  # fmt: skip
             mlflow.set_tag("weights", result.extra["weights"])
     summary = write_outputs(job, data, split, result, metrics, registry, run.info.run_id)
     shutil.rmtree(job.checkpoint_dir, ignore_errors=True)  # checkpoints, trials and the run id: a retry starts anew
@@ -129,7 +170,7 @@ def log_run_inputs(job: Job, data: ClipData, split: Split, device: torch.device)
               **tracking.flatten("common", job.cfg.common.model_dump(mode="json", exclude={"vocabularies"})),
               "classes": json.dumps(data.classes), "device": str(device)}  # fmt: skip
     mlflow.log_params(params)
-    mlflow.set_tags({"model_name": job.name, "arch": job.entry.arch, "study": job.entry.study,
+    mlflow.set_tags({"model_name": job.name, "arch": job.entry.arch, "study": job.study,
                      "dataset": job.entry.dataset, "git_commit": tracking.git_commit(job.root),
                      "val_split": split.signature,
                      **tracking.feature_tags(job.root, job.features_dir, data.metadata)})  # fmt: skip
@@ -182,8 +223,11 @@ def fit_statistics(job: Job, arch: ArchConfig, data: ClipData, split: Split) -> 
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    x_train, x_val = clip_statistics(data, split.train), clip_statistics(data, split.val)
-    y_train, y_val = data.clip_label[split.train], data.clip_label[split.val]
+    import mlflow
+
+    # Nothing to choose (no epochs): the inner clips are training clips here.
+    x_train, x_val = clip_statistics(data, split.learn), clip_statistics(data, split.val)
+    y_train, y_val = data.clip_label[split.learn], data.clip_label[split.val]
     model = make_pipeline(StandardScaler(), LogisticRegression(C=arch.C, max_iter=5000, class_weight="balanced",
                                                                random_state=job.entry.seed))  # fmt: skip
     model.fit(x_train, y_train)
@@ -197,11 +241,10 @@ def fit_statistics(job: Job, arch: ArchConfig, data: ClipData, split: Split) -> 
            "train_accuracy": float((prob_train.argmax(1) == y_train).mean()),
            "val_loss": log_loss(y_val, prob_val, labels=labels), "val_accuracy": float((pred == y_val).mean()),
            "val_clip_accuracy": float((pred == y_val).mean())}  # fmt: skip
-    import mlflow
-
     mlflow.log_metrics(row, step=0)
     scores = Scores(row["val_loss"], row["val_accuracy"], row["val_clip_accuracy"], pred, prob_val)
-    return FitResult(model, [row], 0, 0, scores, {"weights": "none (closed form)", "example": x_val[:2]})  # type: ignore[arg-type]
+    return FitResult(model, [row], best_epoch=0, resumed_from=0, scores=scores, monitor_scores=scores,  # type: ignore[arg-type]
+                     extra={"weights": "none (closed form)", "example": x_val[:2]})
 
 
 def score(job: Job, data: ClipData, split: Split, result: FitResult) -> dict[str, Any]:
@@ -215,9 +258,10 @@ def score(job: Job, data: ClipData, split: Split, result: FitResult) -> dict[str
         "val_clip_accuracy_ci95_high": high,
         "val_slice_accuracy": result.scores.row_accuracy,
         "val_loss": result.scores.loss,
-        "majority_baseline": report.majority_baseline(data.clip_label[split.train], y_val),
+        "majority_baseline": report.majority_baseline(data.clip_label[split.learn], y_val),
         "chance": 1.0 / len(data.classes),
-        "train_clips": len(split.train),
+        "train_clips": len(split.learn),
+        "chosen_on": "inner" if len(split.inner) and job.entry.arch != "logreg_stats" else "validation",
         "val_clips": len(split.val),
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
@@ -247,7 +291,7 @@ def log_model(job: Job, data: ClipData, result: FitResult, metrics: dict[str, An
 
     import mlflow
 
-    name = tracking.registered_name(job.cfg.common.registry_prefix, job.entry.study, job.entry.arch)
+    name = tracking.registered_name(job.cfg.common.registry_prefix, job.study, job.entry.arch)
     register = name if job.cfg.common.register_models else None
     if job.entry.arch == "logreg_stats":
         example = result.extra["example"].astype(np.float32)
@@ -261,7 +305,7 @@ def log_model(job: Job, data: ClipData, result: FitResult, metrics: dict[str, An
         with torch.no_grad():
             output = torch.softmax(model(torch.from_numpy(example)), 1).numpy()
         # Pickled (not torch.export) so the registered model is this class, GoogLeNet and LSTMs included.
-        info = mlflow.pytorch.log_model(model, name="model", input_example=example,
+        info = mlflow.pytorch.log_model(model, name="model", input_example=example, code_paths=[str(PACKAGE)],
                                         signature=infer_signature(example, output), serialization_format="pickle",
                                         pip_requirements=tracking.PIP_REQUIREMENTS,
                                         registered_model_name=register)
@@ -279,13 +323,14 @@ def write_outputs(job: Job, data: ClipData, split: Split, result: FitResult, met
 
     common = job.cfg.common
     out = job.root / common.models_dir / job.name
-    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)  # another architecture's weights file must not linger
+    out.mkdir(parents=True)
     if job.entry.arch == "logreg_stats":
         joblib.dump(result.model, out / "model.joblib")
     else:
         torch.save(result.model.state_dict(), out / "model.pt")
     card = {
-        "name": job.name, "arch": job.entry.arch, "study": job.entry.study, "dataset": job.entry.dataset,
+        "name": job.name, "arch": job.entry.arch, "study": job.study, "dataset": job.entry.dataset,
         "classes": data.classes, "mlflow_run_id": run_id, **registry,
         "metrics": metrics, "split": {**job.entry.split.model_dump(mode="json"), "signature": split.signature},
         "features": {"dir": job.features_dir, "params_hash": data.metadata.get("params_hash"),

@@ -127,7 +127,9 @@ def promote_if_better(name: str, version: str, metric: float, split_signature: s
     client.set_model_version_tag(name, version, "val_split", split_signature)
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise  # the server failing is no reason to hand the alias over
         current = None
     if current is None:
         decision, promote = "no champion yet: takes the alias", True
