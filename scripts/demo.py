@@ -141,10 +141,11 @@ def main() -> int:
     env = airflow_env(demo / "airflow", workspace, admin_password=password)
     print("migrating the Airflow metadata DB ...", flush=True)
     prepare_airflow(env)
-    mlflow.start(wait=False)  # up long before training starts
+    mlflow.start()
     services = AirflowServices(env, free_port(8080), password).start()
     code = 1
     try:
+        mlflow.wait_ready()
         states = {}
         for dag_id in DAGS:
             services.wait_for_dag(dag_id)

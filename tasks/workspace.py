@@ -275,32 +275,40 @@ class MlflowServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, wait: bool = True, timeout: float = 90) -> MlflowServer:
+    def start(self) -> MlflowServer:
+        """Start the server; `wait_ready` blocks until it answers."""
         self.store.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "MLFLOW_STORE": str(self.store), "PYTHON": sys.executable}
         log = (self.store / "server.log").open("ab")
         self.proc = subprocess.Popen([str(PROJECT / "mlflow/start.sh"), str(self.port)], env=env, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        return self
+
+    def wait_ready(self, timeout: float = 90) -> MlflowServer:
         deadline = time.monotonic() + timeout
-        while wait:
+        while True:
             try:
                 if requests.get(f"{self.url}/health", timeout=2).ok:
-                    break
+                    return self
             except requests.RequestException:
                 pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
+            if self.proc is None or self.proc.poll() is not None or time.monotonic() > deadline:
                 tail = (self.store / "server.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"mlflow server did not start on {self.url}:\n{tail}")
             time.sleep(0.5)
-        return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
             self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
     def __enter__(self) -> MlflowServer:
-        return self.start()
+        return self.start().wait_ready()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

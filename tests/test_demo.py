@@ -14,14 +14,14 @@ pytestmark = pytest.mark.slow
 
 def test_demo_runs_the_pipeline_in_a_real_airflow(tmp_path: Path) -> None:
     args = [sys.executable, str(PROJECT / "scripts/demo.py"), "--no-wait", "--dir", str(tmp_path / "demo"),
-            "--ravdess-actors", "2", "--cal500-songs", "4"]  # fmt: skip
+            "--ravdess-actors", "3", "--cal500-songs", "4"]  # fmt: skip
     proc = subprocess.run(args, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
     out = proc.stdout
     assert proc.returncode == 0, out[-4000:] + proc.stderr[-4000:]
     assert "acquire: success" in out
-    assert re.search(r"RAVDESS: 88 clips .*neutral 8.*failures 0", out)
+    assert re.search(r"RAVDESS: 132 clips .*neutral 12.*failures 0", out)
     assert re.search(r"CAL500: \d+ clips", out)
-    assert "train: success" in out
+    assert "train_spectrogram: success" in out and "train_audioset: success" in out
     for name, registered in [("cnn_ravdess", "mood-spectrogram-small-cnn"),
                              ("stats_ravdess", "mood-spectrogram-logreg-stats"),
                              ("logreg_audioset", "mood-audioset-logreg"), ("lstm1_audioset", "mood-audioset-lstm1")]:
