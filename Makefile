@@ -49,4 +49,4 @@ bench-cv: apt venv
 	$(PY) benchmarks/ravdess_cv.py
 
 clean:
-	rm -rf .demo .cache data .dvc-remote
+	rm -rf .demo .cache data .dvc-remote models plots

@@ -198,3 +198,18 @@ def test_each_task_claims_its_own_gpu(tmp_path: Path) -> None:
         assert again == "0"
     with claim_gpu(tmp_path, []) as none:
         assert none is None
+
+
+def test_the_inner_clips_choose_the_epoch_and_validation_only_reports(slices: Path, tmp_path: Path) -> None:
+    from tasks.train.loop import Checkpoint, fit
+
+    data = load_clips(slices, "slices", "ravdess", CLASSES, 10)
+    split = split_clips(data, SplitConfig(kind="actor_folds", k=5, fold=0, inner_share=0.3), "t")
+    torch.manual_seed(0)
+    model = MoodNet(build_net("small_cnn", 3, ArchConfig(), 10), 0.0, 1.0, sequence=False)
+    cfg = ArchConfig(optimizer="adam", lr=0.01, batch_size=8, epochs=6, patience=6)
+    result = fit(model, data, split, cfg, AugmentConfig(), 0, torch.device("cpu"), Checkpoint(tmp_path / "c.pt", "s"))
+    inner = [row["inner_loss"] for row in result.history]
+    assert result.best_epoch == int(np.argmin(inner)) and len(result.history) == 6
+    assert result.monitor_scores.loss == pytest.approx(min(inner), rel=1e-5)
+    assert result.scores.loss == pytest.approx(result.history[result.best_epoch]["val_loss"], rel=1e-5)

@@ -219,7 +219,7 @@ def fit(model: MoodNet, data: ClipData, split: Split, cfg: ArchConfig, augment: 
         row["epoch_seconds"] = time.monotonic() - started
         history.append(row)
         if chooser.loss < best["loss"]:
-            best = {"loss": scores.loss, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+            best = {"loss": chooser.loss, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
         if on_epoch is not None:
             on_epoch(epoch, row)
         log.info("epoch %d/%d: train loss %.4f acc %.3f | choosing loss %.4f | val loss %.4f acc %.3f clip acc %.3f | "
