@@ -201,13 +201,13 @@ def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
 
 def clip_statistics(data: ClipData, clips: np.ndarray) -> np.ndarray:
     """Mean and standard deviation of each band over a clip's real frames (the logistic baseline's input)."""
-    hop_frames = data.inputs.shape[-1]
+    slice_frames = data.inputs.shape[-1]
     out = np.zeros((len(clips), 2 * data.inputs.shape[-2]), np.float64)
     for n, clip in enumerate(clips):
         rows = np.flatnonzero(data.row_clip == clip)
         frames = []
         for row in rows:
-            real = max(1, round(data.real_share[row] * hop_frames))
+            real = max(1, round(data.real_share[row] * slice_frames))
             frames.append(data.inputs[row, 0, :, :real].double().numpy())
         joined = np.concatenate(frames, axis=1)
         out[n] = np.concatenate([joined.mean(axis=1), joined.std(axis=1)])
