@@ -205,11 +205,17 @@ def test_the_inner_clips_choose_the_epoch_and_validation_only_reports(slices: Pa
 
     data = load_clips(slices, "slices", "ravdess", CLASSES, 10)
     split = split_clips(data, SplitConfig(kind="actor_folds", k=5, fold=0, inner_share=0.3), "t")
+    # Mislabel the validation side: its loss now rises while the inner loss falls, so the two disagree.
+    data.clip_label[split.val] = (data.clip_label[split.val] + 1) % 3
     torch.manual_seed(0)
     model = MoodNet(build_net("small_cnn", 3, ArchConfig(), 10), 0.0, 1.0, sequence=False)
     cfg = ArchConfig(optimizer="adam", lr=0.01, batch_size=8, epochs=6, patience=6)
     result = fit(model, data, split, cfg, AugmentConfig(), 0, torch.device("cpu"), Checkpoint(tmp_path / "c.pt", "s"))
     inner = [row["inner_loss"] for row in result.history]
+    val = [row["val_loss"] for row in result.history]
+    assert int(np.argmin(inner)) != int(np.argmin(val))
     assert result.best_epoch == int(np.argmin(inner)) and len(result.history) == 6
+    best = torch.load(tmp_path / "c.pt", weights_only=False)["best"]  # what a resumed run compares against
+    assert best["epoch"] == result.best_epoch and best["loss"] == pytest.approx(min(inner), rel=1e-9)
     assert result.monitor_scores.loss == pytest.approx(min(inner), rel=1e-5)
     assert result.scores.loss == pytest.approx(result.history[result.best_epoch]["val_loss"], rel=1e-5)
