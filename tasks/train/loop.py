@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from tasks.config import ArchConfig, AugmentConfig
+from tasks.storage import temp_path
 from tasks.train.augment import augment_batch
 from tasks.train.data import ClipData, Split, class_weights
 from tasks.train.models import MoodNet, logits_of, training_loss
@@ -41,7 +42,6 @@ class Scores:
     row_accuracy: float
     clip_accuracy: float
     clip_pred: np.ndarray
-    clip_prob: np.ndarray
 
 
 @dataclass
@@ -49,7 +49,6 @@ class FitResult:
     model: MoodNet
     history: list[dict[str, float]]
     best_epoch: int
-    resumed_from: int  # epochs done before this process (0: a fresh run)
     scores: Scores | None = None  # on the validation side
     monitor_scores: Scores | None = None  # on the clips that chose the epoch (split.monitor)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -76,7 +75,7 @@ class Checkpoint:
 
     def save(self, state: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        tmp = temp_path(self.path)
         torch.save({**state, "stamp": self.stamp}, tmp)
         os.replace(tmp, self.path)
 
@@ -120,16 +119,14 @@ def predict_rows(model: MoodNet, data: ClipData, rows: np.ndarray, device: torch
 def vote(prob: np.ndarray, row_clip: np.ndarray, weights: np.ndarray, n_classes: int,
          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """Majority vote per clip: each row votes for its top class with its weight; a tie goes to the
-    tied class with the larger summed probability. Returns (clips, predicted class, mean probability)."""
+    tied class with the larger summed probability. Returns (clips, predicted class)."""
     clips, inverse = np.unique(row_clip, return_inverse=True)
     votes = np.zeros((len(clips), n_classes))
     np.add.at(votes, (inverse, prob.argmax(1)), weights)
     prob_sum = np.zeros((len(clips), n_classes))
     np.add.at(prob_sum, inverse, prob)
     tied = np.isclose(votes, votes.max(1, keepdims=True))
-    pred = np.where(tied, prob_sum, -np.inf).argmax(1)
-    counts = np.bincount(inverse, minlength=len(clips))[:, None]
-    return clips, pred, prob_sum / counts
+    return clips, np.where(tied, prob_sum, -np.inf).argmax(1)
 
 
 def evaluate(model: MoodNet, data: ClipData, clips: np.ndarray, device: torch.device, weighting: str) -> Scores:
@@ -139,13 +136,12 @@ def evaluate(model: MoodNet, data: ClipData, clips: np.ndarray, device: torch.de
     weights = data.real_share[rows] if weighting == "real_share" else np.ones(len(rows))
     weights = np.maximum(weights, 1e-3)
     nll = -np.log(np.clip(prob[np.arange(len(rows)), target], 1e-12, None))
-    voted, pred, mean_prob = vote(prob, data.row_clip[rows], weights, len(data.classes))
+    voted, pred = vote(prob, data.row_clip[rows], weights, len(data.classes))
     return Scores(
         loss=float((nll * weights).sum() / weights.sum()),
         row_accuracy=float((prob.argmax(1) == target).mean()),
         clip_accuracy=float((pred == data.clip_label[voted]).mean()),
         clip_pred=pred,
-        clip_prob=mean_prob,
     )
 
 
@@ -229,7 +225,7 @@ def fit(model: MoodNet, data: ClipData, split: Split, cfg: ArchConfig, augment: 
                          "scheduler": scheduler.state_dict(), "history": history, "best": best})
     if best["state"] is not None:
         model.load_state_dict(best["state"])
-    result = FitResult(model, history, best["epoch"], start)
+    result = FitResult(model, history, best["epoch"])
     result.scores = evaluate(model, data, split.val, device, weighting)
     result.monitor_scores = evaluate(model, data, split.monitor, device, weighting)
     return result

@@ -242,8 +242,8 @@ def fit_statistics(job: Job, arch: ArchConfig, data: ClipData, split: Split) -> 
            "val_loss": log_loss(y_val, prob_val, labels=labels), "val_accuracy": float((pred == y_val).mean()),
            "val_clip_accuracy": float((pred == y_val).mean())}  # fmt: skip
     mlflow.log_metrics(row, step=0)
-    scores = Scores(row["val_loss"], row["val_accuracy"], row["val_clip_accuracy"], pred, prob_val)
-    return FitResult(model, [row], best_epoch=0, resumed_from=0, scores=scores, monitor_scores=scores,  # type: ignore[arg-type]
+    scores = Scores(row["val_loss"], row["val_accuracy"], row["val_clip_accuracy"], pred)
+    return FitResult(model, [row], best_epoch=0, scores=scores, monitor_scores=scores,  # type: ignore[arg-type]
                      extra={"weights": "none (closed form)", "example": x_val[:2]})
 
 
