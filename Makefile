@@ -5,11 +5,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := ffmpeg sox git
+# chromium: Debian's browser, which the browser tests drive through playwright (never `playwright install`).
+APT_PACKAGES := ffmpeg sox git chromium
 # This machine's pip config lists local indexes that may be absent; their warnings are noise.
 PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location 'file://" || true; }
 
-.PHONY: all test test-fast lint demo bench bench-cv apt venv clean
+.PHONY: all test test-fast lint demo bench bench-cv apt venv plots-template clean
 all: test
 
 apt:
@@ -29,7 +30,7 @@ lint: venv
 	$(PY) -m ruff check .
 
 # CI runs everything; `make test-fast` skips the tests that start services or whole DAGs.
-test: apt venv lint
+test: apt venv lint plots-template
 	$(PY) -m pytest -q
 
 test-fast: apt venv
@@ -47,6 +48,12 @@ bench: apt venv
 # Real RAVDESS (../shared/data), 5-fold CV by actor: both baselines, ~15 min on 2 cores.
 bench-cv: apt venv
 	$(PY) benchmarks/ravdess_cv.py
+
+# `dvc plots show` pages that render offline: builds .cache/dvc/plots-offline.html (README, "Plots offline").
+plots-template:
+	@command -v npm >/dev/null || { echo "installing: npm"; \
+	  $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q --no-install-recommends npm >/dev/null; }
+	python3 scripts/dvc_plots_template.py
 
 clean:
 	rm -rf .demo .cache data .dvc-remote models plots

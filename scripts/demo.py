@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from tasks.cli import configure_logging
+from tasks.evaluate.report import fmt
 from tasks.mirror.cli import CorpusSpec, build_corpus, mirror_overrides
 from tasks.mirror.server import MirrorServer
 from tasks.versioning import dvc
@@ -33,7 +34,8 @@ from tasks.workspace import (
 DAGS = ["acquire"]
 METRICS = {"RAVDESS": "metrics/acquire_ravdess.json", "CAL500": "metrics/acquire_cal500.json",
            "AudioSet": "metrics/acquire_audioset.json"}  # fmt: skip
-# Scheduled on Assets: the features DAGs on the raw stores acquire updates, train on both feature datasets.
+# Scheduled on Assets: the features DAGs on the raw stores acquire updates, train on both feature datasets,
+# evaluate on the models train publishes (waited for apart: it runs once per batch of model Assets).
 FEATURE_DAGS = {"features_slices": "metrics/features_slices.json", "features_vggish": "metrics/features_vggish.json"}
 ASSET_DAGS = [*FEATURE_DAGS, "train_spectrogram", "train_audioset"]
 # The demo's model matrix trains in about a minute on 2 cores: the small CNN on slices, logistic
@@ -44,7 +46,7 @@ DEMO_EPOCHS = 30
 def train_overrides(mlflow_url: str, ravdess_actors: int) -> list[str]:
     """The workspace logs to the demo's MLflow server; RAVDESS models validate on one held-out actor."""
     folds = max(2, min(5, ravdess_actors))
-    return [f"train.common.tracking_uri={mlflow_url}",
+    return [f"train.common.tracking_uri={mlflow_url}", f"evaluate.tracking_uri={mlflow_url}",
             *(f"train.models.spectrogram.{m}.split.k={folds}" for m in ("cnn_ravdess", "stats_ravdess")),
             f"train.architectures.small_cnn.epochs={DEMO_EPOCHS}"]  # fmt: skip
 
@@ -72,6 +74,11 @@ def report(workspace: Path, states: dict[str, dict[str, str]], mlflow_url: str) 
             print(feature_line(dag_id, json.loads((workspace / rel).read_text())))
     for card in sorted((workspace / "models").glob("*/model.json")):
         print(model_line(json.loads(card.read_text()), mlflow_url))
+    for path in sorted((workspace / "metrics").glob("evaluate_*.json")):
+        if path.stem != "evaluate_summary":
+            print(evaluation_line(workspace, json.loads(path.read_text())))
+    summary = workspace / "reports/summary/index.html"
+    print(f"summary: {summary}" if summary.exists() else "summary: none (the evaluate DAG did not finish)")
     print("dvc status:", dvc(workspace, "status").strip())
 
 
@@ -96,6 +103,46 @@ def model_line(card: dict, mlflow_url: str) -> str:
             f"{m['val_clip_accuracy']:.3f} (95% CI {m['val_clip_accuracy_ci95_low']:.3f}-"
             f"{m['val_clip_accuracy_ci95_high']:.3f}; majority baseline {m['majority_baseline']:.3f}, chance "
             f"{m['chance']:.3f}; {m['val_clips']} clips){random}; MLflow run {card['mlflow_run_id']}; {where}")
+
+
+def evaluation_line(workspace: Path, m: dict) -> str:
+    name, primary = m["model"], m["primary"]
+    s = m["test_sets"][primary]
+    random = " [RANDOM VGGish weights]" if m["random_vggish_weights"] else ""
+    others = "; ".join(f"{k} {v['majority']['accuracy']:.3f}" for k, v in m["test_sets"].items() if k != primary)
+    return (f"evaluation {name} on {primary}: majority vote {fmt(s['majority']['accuracy'])} (95% CI "
+            f"{fmt(s['majority']['ci95_low'])}-{fmt(s['majority']['ci95_high'])}; {s['songs']} songs), soft "
+            f"{fmt(s['soft']['accuracy'])}, threshold {fmt(s['threshold']['accuracy'])} at coverage "
+            f"{fmt(s['threshold']['coverage'])}, baseline {fmt(s['baseline_accuracy'])}{random}"
+            f"{'; also ' + others if others else ''}\nreport: {workspace / 'reports/models' / name / 'report.html'}")
+
+
+def wait_for_evaluations(services: AirflowServices, workspace: Path, states: dict[str, dict[str, str]],
+                         timeout: float = 600) -> None:  # fmt: skip
+    """The evaluate DAG runs once per batch of model Assets: wait until no run is pending and every model
+    the train DAGs wrote has its evaluation, then record the worst state of each task over the runs."""
+    started = time.monotonic()
+    cards = list((workspace / "models").glob("*/model.json"))
+
+    def evaluated(card: Path) -> bool:
+        metrics = workspace / "metrics" / f"evaluate_{card.parent.name}.json"
+        return metrics.exists() and metrics.stat().st_mtime >= card.stat().st_mtime
+
+    while time.monotonic() - started < timeout:
+        runs = services.api("GET", "/api/v2/dags/evaluate/dagRuns", params={"order_by": "id"}).json()["dag_runs"]
+        pending = [r for r in runs if r["state"] not in ("success", "failed")]
+        if runs and not pending and all(evaluated(c) for c in cards):
+            break
+        time.sleep(3)
+    else:
+        print(f"evaluate: still running or incomplete after {timeout:.0f} s", flush=True)
+    merged: dict[str, str] = {}
+    for run in runs:
+        for task, state in services.task_states("evaluate", run["dag_run_id"]).items():
+            merged[task] = state if merged.get(task, "success") == "success" else merged[task]
+    states["evaluate"] = merged
+    print(f"evaluate: {len(runs)} run(s), {', '.join(r['state'] for r in runs)}, in "
+          f"{time.monotonic() - started:.0f} s; watch it at {services.url}/dags/evaluate", flush=True)
 
 
 def wait_for_triggered(services: AirflowServices, produced: set[str], states: dict[str, dict[str, str]]) -> None:
@@ -157,12 +204,14 @@ def main() -> int:
             states[dag_id] = services.task_states(dag_id, run_id)
             if dag_id == "acquire":
                 wait_for_triggered(services, services.assets_produced(dag_id, run_id), states)
+                wait_for_evaluations(services, workspace, states)
         report(workspace, states, mlflow_url)
         code = 0 if all(s == "success" for t in states.values() for s in t.values()) else 1
         print(f"""
 === where to look ===
 Airflow UI   {services.url}   user: admin   password: {password}
-MLflow UI    {mlflow_url}   (experiments mood-spectrogram, mood-audioset; Models: mood-*, alias champion)
+MLflow UI    {mlflow_url}   (experiments mood-spectrogram, mood-audioset, mood-evaluation; Models: mood-*,
+             alias champion)
 Workspace    {workspace}   (a git + DVC repo; its params.yaml points at the mirror)
   cd {workspace} && {Path(sys.executable).parent}/dvc status     # clean: dvc.lock matches the run
   {Path(sys.executable).parent}/dvc metrics show                  # the counts and validation scores above
@@ -170,7 +219,11 @@ Workspace    {workspace}   (a git + DVC repo; its params.yaml points at the mirr
   {Path(sys.executable).parent}/dvc repro                         # nothing to do: already reproduced
 Raw clips    {workspace}/data/raw/<dataset>/{{manifest,failures}}.parquet and shards/
 Features     {workspace}/data/features/<slices|vggish>/dataset=*/split=*/*.parquet, _dataset.json, _failures.parquet
-Models       {workspace}/models/<name>/ (weights + model.json), plots/train_<name>.csv (dvc plots show)
+Models       {workspace}/models/<name>/ (weights + model.json), plots/curves/train_<name>.csv (dvc plots show)
+Reports      {workspace}/reports/models/<name>/report.html (self-contained; also in each MLflow evaluation run,
+             linked from the model version's tag evaluation_report), {workspace}/reports/summary/index.html
+  {Path(sys.executable).parent}/dvc plots show --html-template {PROJECT}/.cache/dvc/plots-offline.html
+                    # offline: after make plots-template; dvc plots diff takes it too
 Mirror       {mirror.url} serving {demo / 'mirror'}
 Logs         {demo / 'airflow'}/*.log, {demo / 'mlflow' / 'server.log'}""")
         if not args.no_wait and sys.stdin.isatty():

@@ -158,6 +158,7 @@ def acquire_cal500(cfg: AcquireCal500Config, root: Path) -> dict[str, Any]:
     store = RawStore(root / cfg.store.out_dir, "cal500", meta_schema(cfg))
     store.write_failures("parse", failures)
     atomic_write_text("\n".join(ann.vocab) + "\n", store.root / "vocab.txt")
+    write_json(cfg.vocabularies, store.root / "vocabularies.json")  # what each labels_<vocabulary> column means
     tally = Tally("acquire_cal500")
     tally.add("failed", len(failures), reason="bad_name" if failures else None)
     manifest, failed = fill_store(

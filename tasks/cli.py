@@ -47,6 +47,14 @@ STAGES: dict[str, Stage] = {
                                "train the spectrogram study's models (@NAME: one), log to MLflow, register"),
     "train_audioset": Stage("train", "tasks.train.stage:train_audioset",
                             "train the AudioSet study's models (@NAME: one), log to MLflow, register"),
+    "evaluate_spectrogram": Stage("evaluate", "tasks.evaluate.stage:evaluate_spectrogram",
+                                  "song-level voting, matrices and an HTML report of a spectrogram model (@NAME)"),
+    "evaluate_audioset": Stage("evaluate", "tasks.evaluate.stage:evaluate_audioset",
+                               "song-level voting, matrices and an HTML report of an AudioSet model (@NAME)"),
+    "evaluate_registry": Stage("evaluate", "tasks.evaluate.stage:evaluate_registry",
+                               "evaluate a registry version (@models:/NAME@ALIAS or @models:/NAME/VERSION)"),
+    "evaluate_summary": Stage("evaluate", "tasks.evaluate.summary:evaluate_summary",
+                              "the studies' tables and the cross-dataset matrix from every evaluation"),
 }  # fmt: skip
 
 

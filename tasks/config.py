@@ -386,7 +386,7 @@ class TrainCommonConfig(Section):
     device: Device = "auto"
     models_dir: str = "models"
     metrics_dir: str = "metrics"
-    plots_dir: str = "plots"
+    plots_dir: str = "plots/curves"
     checkpoint_dir: str = ".cache/train"  # per-epoch checkpoints, outside DVC outputs, for retries
     gpu_lock_dir: str = ".cache/gpu-locks"
     min_real_share: Share = 0.0  # slices with less real audio are dropped from training
@@ -430,6 +430,34 @@ class TrainConfig(Section):
         return ArchConfig.model_validate({**base, **entry.overrides})
 
 
+class BootstrapConfig(Section):
+    resamples: Annotated[int, Field(ge=100)] = 1000
+    seed: int = 0
+
+
+class EvaluateConfig(Section):
+    """Song-level evaluation of the trained models (models/<name>/) on every partition of their feature dataset."""
+
+    models_dir: str = "models"
+    features: dict[Literal["slices", "vggish"], str]
+    raw_dir: str = "data/raw"  # raw clip stores: CAL500's annotations, and the audio of the excerpts
+    reports_dir: str = "reports/models"  # reports/models/<name>/: report.html, predictions, matrices
+    summary_dir: str = "reports/summary"  # the studies' tables and the cross-dataset matrix
+    metrics_dir: str = "metrics"
+    plots_dir: str = "plots/confusion"  # <name>.csv (actual, predicted) for `dvc plots` confusion templates
+    tracking_uri: str = "http://127.0.0.1:5000"  # $MLFLOW_TRACKING_URI wins
+    experiment: str = "mood-evaluation"
+    device: Device = "auto"
+    threshold: Annotated[float, Field(gt=0, le=1)] = 0.6  # threshold voting: the label's least share of votes
+    curve_step: Annotated[float, Field(gt=0, le=0.5)] = 0.05  # coverage-accuracy curve thresholds
+    bootstrap: BootstrapConfig = BootstrapConfig()
+    worst_songs: Annotated[int, Field(ge=0)] = 5  # per test set, with their slice votes and an excerpt
+    excerpt_seconds: Annotated[float, Field(gt=0, le=30)] = 5.0
+    # test dataset -> model dataset -> {test label: model label}; equal names match without an entry.
+    # CAL500 needs none: its store holds labels per training vocabulary (acquire_cal500.vocabularies).
+    label_map: dict[str, dict[str, dict[str, str]]] = {}
+
+
 SECTIONS: dict[str, type[Section]] = {
     "acquire_ravdess": AcquireRavdessConfig,
     "acquire_cal500": AcquireCal500Config,
@@ -438,6 +466,7 @@ SECTIONS: dict[str, type[Section]] = {
     "select_audioset": SelectAudiosetConfig,
     "acquire_audioset": AcquireAudiosetConfig,
     "train": TrainConfig,
+    "evaluate": EvaluateConfig,
 }
 
 

@@ -181,10 +181,10 @@ def test_vote_weighs_slices_and_breaks_ties_by_probability() -> None:
     prob = np.array([[0.6, 0.4], [0.45, 0.55], [0.9, 0.1], [0.2, 0.8], [0.3, 0.7]])
     row_clip = np.array([0, 0, 1, 1, 1])
     # clip 0: one vote each -> tie, summed probability favours class 0 (1.05 vs 0.95)
-    _, pred = vote(prob, row_clip, np.ones(5), 2)
+    _, pred = vote(prob, row_clip, np.ones(5))
     assert pred.tolist() == [0, 1]
     # weighting by real audio: clip 1's first slice is whole, the others mostly padding
-    _, pred = vote(prob, row_clip, np.array([1, 1, 1.0, 0.2, 0.2]), 2)
+    _, pred = vote(prob, row_clip, np.array([1, 1, 1.0, 0.2, 0.2]))
     assert pred.tolist() == [0, 0]
 
 

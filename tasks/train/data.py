@@ -32,6 +32,7 @@ class ClipData:
 
     slices: one input row per slice (1 x bands x frames), `row_clip` maps rows to clips;
     vggish: one input row per clip (sequence_length x 128, zero-padded), `lengths` its real examples.
+    `clip_label` indexes `classes` (load_clips checks it); `clip_tags` are the labels as stored.
     """
 
     features: str
@@ -40,10 +41,13 @@ class ClipData:
     real_share: np.ndarray  # share of each row that is real audio, not padding
     lengths: np.ndarray | None  # vggish: real examples per clip
     clip_ids: list[str]
-    clip_label: np.ndarray  # class index of each clip
+    clip_label: np.ndarray  # class index of each clip (-1 until load_clips checks the labels)
     clip_actor: np.ndarray  # actor of each clip, -1 where unknown
     classes: list[str]
     metadata: dict[str, Any]
+    clip_tags: list[list[str]]  # each clip's labels as the feature dataset holds them
+    row_start: np.ndarray  # first sample of each row in its clip (slices; 0 for sequences)
+    row_end: np.ndarray  # end sample of each row's real audio
 
     @property
     def n_clips(self) -> int:
@@ -54,9 +58,8 @@ class ClipData:
         return np.flatnonzero(np.isin(self.row_clip, clips))
 
 
-def load_clips(root: Path, features: str, dataset: str, classes: list[str], sequence_length: int,
-               split: str = "train") -> ClipData:  # fmt: skip
-    """Rows of `dataset` (its `split` partition) from the feature dataset at `root`."""
+def read_partition(root: Path, features: str, dataset: str, split: str, sequence_length: int) -> ClipData:
+    """Every row of one partition (dataset x split) of the feature dataset at `root`, whatever its labels."""
     if not (root / "_dataset.json").exists():
         raise TrainDataError(f"no feature dataset at {root}: run the features_{features} stage first")
     metadata = read_metadata(root)
@@ -69,18 +72,9 @@ def load_clips(root: Path, features: str, dataset: str, classes: list[str], sequ
     first = np.unique(row_clip, return_index=True)[1]
     labels = table.column("labels").to_pylist()
     actors = table.column("actor").to_pylist()
-    position = {c: i for i, c in enumerate(classes)}
-    clip_label = np.empty(len(clip_ids), np.int64)
-    for c, row in enumerate(first):
-        clip_labels = labels[row]
-        if len(clip_labels) != 1:
-            raise TrainDataError(f"clip {clip_ids[c]} has labels {clip_labels}: training takes one label per clip "
-                                 "(for AudioSet, select_audioset.multi_label: drop)")  # fmt: skip
-        if clip_labels[0] not in position:
-            raise TrainDataError(f"clip {clip_ids[c]} has label {clip_labels[0]!r}, which is not in "
-                                 f"train.common.vocabularies.{dataset} {classes}")  # fmt: skip
-        clip_label[c] = position[clip_labels[0]]
+    clip_tags = [list(labels[r]) for r in first]
     clip_actor = np.asarray([-1 if actors[r] is None else actors[r] for r in first], np.int64)
+    no_label = np.full(len(clip_ids), -1, np.int64)
     tensors = tensor_column(table, column)
     if features == "slices":
         hop = metadata["frontend"]["hop_length"]
@@ -88,7 +82,7 @@ def load_clips(root: Path, features: str, dataset: str, classes: list[str], sequ
         start = table.column("start_sample").to_numpy()
         end = table.column("end_sample").to_numpy()
         return ClipData(features, tensors.unsqueeze(1), row_clip, (end - start) / span, None, list(clip_ids),
-                        clip_label, clip_actor, classes, metadata)  # fmt: skip
+                        no_label, clip_actor, [], metadata, clip_tags, start, end)  # fmt: skip
     embeddings = dequantize(tensors, metadata)
     sequences = torch.zeros(len(clip_ids), sequence_length, embeddings.shape[-1])
     lengths = np.zeros(len(clip_ids), np.int64)
@@ -96,8 +90,28 @@ def load_clips(root: Path, features: str, dataset: str, classes: list[str], sequ
     keep = index < sequence_length
     sequences[row_clip[keep], index[keep]] = embeddings[torch.from_numpy(keep)]
     np.add.at(lengths, row_clip[keep], 1)
+    clip_end = np.zeros(len(clip_ids), np.int64)
+    np.maximum.at(clip_end, row_clip[keep], table.column("end_sample").to_numpy()[keep])
     return ClipData(features, sequences, np.arange(len(clip_ids)), np.minimum(lengths / sequence_length, 1.0),
-                    lengths, list(clip_ids), clip_label, clip_actor, classes, metadata)  # fmt: skip
+                    lengths, list(clip_ids), no_label, clip_actor, [], metadata, clip_tags,
+                    np.zeros(len(clip_ids), np.int64), clip_end)  # fmt: skip
+
+
+def load_clips(root: Path, features: str, dataset: str, classes: list[str], sequence_length: int,
+               split: str = "train") -> ClipData:  # fmt: skip
+    """Rows of `dataset` (its `split` partition), each clip with exactly one label of `classes`."""
+    data = read_partition(root, features, dataset, split, sequence_length)
+    position = {c: i for i, c in enumerate(classes)}
+    for c, clip_labels in enumerate(data.clip_tags):
+        if len(clip_labels) != 1:
+            raise TrainDataError(f"clip {data.clip_ids[c]} has labels {clip_labels}: training takes one label per "
+                                 "clip (for AudioSet, select_audioset.multi_label: drop)")  # fmt: skip
+        if clip_labels[0] not in position:
+            raise TrainDataError(f"clip {data.clip_ids[c]} has label {clip_labels[0]!r}, which is not in "
+                                 f"train.common.vocabularies.{dataset} {classes}")  # fmt: skip
+        data.clip_label[c] = position[clip_labels[0]]
+    data.classes = classes
+    return data
 
 
 def dequantize(embeddings: torch.Tensor, metadata: dict[str, Any]) -> torch.Tensor:

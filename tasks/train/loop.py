@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from tasks.config import ArchConfig, AugmentConfig
+from tasks.evaluate import voting
 from tasks.storage import temp_path
 from tasks.train.augment import augment_batch
 from tasks.train.data import ClipData, Split, class_weights
@@ -116,17 +117,10 @@ def predict_rows(model: MoodNet, data: ClipData, rows: np.ndarray, device: torch
     return torch.cat(out) if out else torch.zeros(0, len(data.classes))
 
 
-def vote(prob: np.ndarray, row_clip: np.ndarray, weights: np.ndarray, n_classes: int,
-         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-    """Majority vote per clip: each row votes for its top class with its weight; a tie goes to the
-    tied class with the larger summed probability. Returns (clips, predicted class)."""
+def vote(prob: np.ndarray, row_clip: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Majority vote per clip present (tasks.evaluate.voting states the rule). Returns (clips, predicted class)."""
     clips, inverse = np.unique(row_clip, return_inverse=True)
-    votes = np.zeros((len(clips), n_classes))
-    np.add.at(votes, (inverse, prob.argmax(1)), weights)
-    prob_sum = np.zeros((len(clips), n_classes))
-    np.add.at(prob_sum, inverse, prob)
-    tied = np.isclose(votes, votes.max(1, keepdims=True))
-    return clips, np.where(tied, prob_sum, -np.inf).argmax(1)
+    return clips, voting.majority(voting.tally(prob, inverse, weights, len(clips)))
 
 
 def evaluate(model: MoodNet, data: ClipData, clips: np.ndarray, device: torch.device, weighting: str) -> Scores:
@@ -136,7 +130,7 @@ def evaluate(model: MoodNet, data: ClipData, clips: np.ndarray, device: torch.de
     weights = data.real_share[rows] if weighting == "real_share" else np.ones(len(rows))
     weights = np.maximum(weights, 1e-3)
     nll = -np.log(np.clip(prob[np.arange(len(rows)), target], 1e-12, None))
-    voted, pred = vote(prob, data.row_clip[rows], weights, len(data.classes))
+    voted, pred = vote(prob, data.row_clip[rows], weights)
     return Scores(
         loss=float((nll * weights).sum() / weights.sum()),
         row_accuracy=float((prob.argmax(1) == target).mean()),

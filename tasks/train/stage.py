@@ -155,7 +155,9 @@ def train_model(job: Job) -> dict[str, Any]:
                 log.info("%s: already registered as %s v%s before the retry", job.what, registry["registered_model"],
                          registry["version"])  # fmt: skip
             mlflow.set_tag("weights", result.extra["weights"])
-    summary = write_outputs(job, data, split, result, metrics, registry, run.info.run_id)
+            card = model_card(job, data, split, result, metrics, registry, run.info.run_id)
+            mlflow.log_dict(card, "model.json")
+    summary = write_outputs(job, result, card)
     shutil.rmtree(job.checkpoint_dir, ignore_errors=True)  # checkpoints, trials and the run id: a retry starts anew
     return summary
 
@@ -315,13 +317,32 @@ def log_model(job: Job, data: ClipData, result: FitResult, metrics: dict[str, An
                                       split.signature)  # fmt: skip
 
 
-def write_outputs(job: Job, data: ClipData, split: Split, result: FitResult, metrics: dict[str, Any],
-                  registry: dict[str, Any], run_id: str) -> dict[str, Any]:  # fmt: skip
+def model_card(job: Job, data: ClipData, split: Split, result: FitResult, metrics: dict[str, Any],
+               registry: dict[str, Any], run_id: str) -> dict[str, Any]:  # fmt: skip
+    """What evaluation and prediction need beside the weights: the net, the vocabulary, the features it
+    learned from and the validation clips. Written as models/<name>/model.json and logged with the run."""
+    return {
+        "name": job.name, "arch": job.entry.arch, "study": job.study, "dataset": job.entry.dataset,
+        "classes": data.classes, "mlflow_run_id": run_id, **registry,
+        "metrics": metrics, "split": {**job.entry.split.model_dump(mode="json"), "signature": split.signature},
+        "val_clips": [data.clip_ids[i] for i in split.val],
+        "arch_config": job.arch.model_dump(mode="json"),
+        "sequence_length": job.cfg.common.sequence_length,
+        "vote_weighting": job.cfg.common.vote_weighting,
+        "features": {"dir": job.features_dir, "params_hash": data.metadata.get("params_hash"),
+                     "code_version": data.metadata.get("code_version"), "frontend": data.metadata.get("frontend"),
+                     "random_vggish_weights": metrics["random_vggish_weights"]},
+        "weights": result.extra["weights"],
+    }  # fmt: skip
+
+
+def write_outputs(job: Job, result: FitResult, card: dict[str, Any]) -> dict[str, Any]:
     """models/<name>/ (weights + model.json), metrics/train_<name>.json, plots/train_<name>.csv."""
     import joblib
     import pandas as pd
 
     common = job.cfg.common
+    metrics = card["metrics"]
     out = job.root / common.models_dir / job.name
     shutil.rmtree(out, ignore_errors=True)  # another architecture's weights file must not linger
     out.mkdir(parents=True)
@@ -329,17 +350,8 @@ def write_outputs(job: Job, data: ClipData, split: Split, result: FitResult, met
         joblib.dump(result.model, out / "model.joblib")
     else:
         torch.save(result.model.state_dict(), out / "model.pt")
-    card = {
-        "name": job.name, "arch": job.entry.arch, "study": job.study, "dataset": job.entry.dataset,
-        "classes": data.classes, "mlflow_run_id": run_id, **registry,
-        "metrics": metrics, "split": {**job.entry.split.model_dump(mode="json"), "signature": split.signature},
-        "features": {"dir": job.features_dir, "params_hash": data.metadata.get("params_hash"),
-                     "code_version": data.metadata.get("code_version"), "frontend": data.metadata.get("frontend"),
-                     "random_vggish_weights": metrics["random_vggish_weights"]},
-        "weights": result.extra["weights"],
-    }  # fmt: skip
     write_json(card, out / "model.json")
-    write_json({**metrics, "registered_model": registry["registered_model"], "version": registry["version"]},
+    write_json({**metrics, "registered_model": card["registered_model"], "version": card["version"]},
                job.root / common.metrics_dir / f"train_{job.name}.json")  # fmt: skip
     plots = job.root / common.plots_dir / f"train_{job.name}.csv"
     plots.parent.mkdir(parents=True, exist_ok=True)
@@ -350,6 +362,7 @@ def write_outputs(job: Job, data: ClipData, split: Split, result: FitResult, met
     log.info("%s: validation clip accuracy %.3f (95%% CI %.3f-%.3f; majority baseline %.3f, chance %.3f) over %d "
              "clips; %s v%s, champion v%s%s", job.what, metrics["val_clip_accuracy"],
              metrics["val_clip_accuracy_ci95_low"], metrics["val_clip_accuracy_ci95_high"],
-             metrics["majority_baseline"], metrics["chance"], metrics["val_clips"], registry["registered_model"],
-             registry["version"], registry["champion_version"], note)  # fmt: skip
-    return {"model": job.name, "mlflow_run_id": run_id, **registry, **metrics}
+             metrics["majority_baseline"], metrics["chance"], metrics["val_clips"], card["registered_model"],
+             card["version"], card["champion_version"], note)  # fmt: skip
+    registry = {k: card[k] for k in ("registered_model", "version", "champion_version", "decision")}
+    return {"model": job.name, "mlflow_run_id": card["mlflow_run_id"], **registry, **metrics}

@@ -1,0 +1,102 @@
+"""The evaluation's figures, audio excerpts and self-contained HTML (images and audio inlined, no network)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import jinja2
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as pads
+from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
+
+TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                               autoescape=True, undefined=jinja2.StrictUndefined)  # fmt: skip
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """One way to print a figure, in the HTML and in the console: the test compares them with the JSON."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+TEMPLATES.filters["fmt"] = fmt
+
+
+def confusion_figures(truth: np.ndarray, pred: np.ndarray, classes: list[str], folder: Path, stem: str,
+                      title: str) -> dict[str, Path]:  # fmt: skip
+    """Counts and row-normalised matrices, as PNG and CSV (rows: actual, columns: predicted)."""
+    matrix = confusion_matrix(truth, pred, labels=np.arange(len(classes)))
+    rows = matrix.sum(1, keepdims=True)
+    normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
+    out = {}
+    for kind, values in (("counts", matrix), ("normalised", normalised)):
+        csv = folder / f"{stem}_{kind}.csv"
+        pd.DataFrame(values, index=pd.Index(classes, name="actual"), columns=classes).to_csv(csv)
+        fig, ax = plt.subplots(figsize=(6, 5))
+        ConfusionMatrixDisplay(values, display_labels=classes).plot(ax=ax, colorbar=False, xticks_rotation=45,
+                                                                   values_format="d" if kind == "counts" else ".2f")
+        ax.set_title(f"{title} ({kind})")
+        fig.tight_layout()
+        fig.savefig(folder / f"{stem}_{kind}.png", dpi=90)
+        plt.close(fig)
+        out[kind] = folder / f"{stem}_{kind}.png"
+    return out
+
+
+def coverage_figure(curves: dict[str, list[dict[str, float]]], path: Path, title: str) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, points in curves.items():
+        ax.plot([p["coverage"] for p in points], [p["accuracy"] for p in points], marker=".", label=key)
+    ax.set_xlabel("coverage (share of songs labelled)")
+    ax.set_ylabel("accuracy over labelled songs")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def data_uri(path: Path, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def excerpt(raw_store: Path, clip_id: str, start_s: float, seconds: float) -> tuple[str | None, str]:
+    """A few seconds of a clip from the raw store as an MP3 data URI (pydub) and its time span, or None and why not."""
+    from pydub import AudioSegment
+
+    manifest = raw_store / "manifest.parquet"
+    if not manifest.exists():
+        return None, f"no raw store at {raw_store}"
+    shards = pads.dataset(raw_store / "shards", format="parquet") if (raw_store / "shards").exists() else None
+    if shards is None:
+        return None, f"no shards under {raw_store}"
+    table = shards.to_table(columns=["id", "audio"], filter=pads.field("id") == clip_id)
+    if table.num_rows == 0:
+        return None, f"clip {clip_id} is not in {raw_store}"
+    audio = AudioSegment.from_file(io.BytesIO(table.column("audio")[0].as_py()), format="flac")
+    start_ms = max(0, min(int(start_s * 1000), len(audio) - int(seconds * 1000)))
+    buffer = io.BytesIO()
+    audio[start_ms:start_ms + int(seconds * 1000)].export(buffer, format="mp3", bitrate="64k")
+    span = f"{start_ms / 1000:.1f}-{(start_ms + seconds * 1000) / 1000:.1f} s"
+    return f"data:audio/mpeg;base64,{base64.b64encode(buffer.getvalue()).decode()}", span
+
+
+def render(template: str, path: Path, **context: Any) -> Path:
+    path.write_text(TEMPLATES.get_template(template).render(**context), encoding="utf-8")
+    return path
