@@ -41,6 +41,15 @@ def features_asset(name: str) -> Asset:
     return Asset(name=f"features_{name}", uri=f"file://{ROOT}/data/features/{name}", group="features")
 
 
+def matrix_models() -> dict[str, str]:
+    """name -> study of every model in params.yaml's train.models (yaml only: cheap to parse)."""
+    import yaml
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text()) or {}
+    models = (params.get("train") or {}).get("models") or {}
+    return {name: study for study, entries in models.items() for name in (entries or {})}
+
+
 def model_asset(name: str) -> Asset:
     """A trained model of the matrix (models/<name>); the evaluation DAG schedules on it."""
     return Asset(name=f"model_{name}", uri=f"file://{ROOT}/models/{name}", group="models")
@@ -56,8 +65,12 @@ def run_stage(stage: str) -> dict[str, Any]:
 
 
 @task(pool=DVC_POOL, **LOCAL_ARGS)
-def version(stage: str, metrics: dict[str, Any]) -> dict[str, Any]:
-    """Record the stage's outputs in dvc.lock and push them, so `dvc status` stays clean."""
-    from tasks.versioning import commit_and_push
+def version(stage: str, metrics: dict[str, Any]) -> str:
+    """Record the stage's outputs in dvc.lock and push them, so `dvc status` stays clean.
 
-    return {**metrics, "dvc": commit_and_push(ROOT, [stage])}
+    `metrics`, the stage task's result, orders this task after it. The figures are in the stage's
+    metrics file, so the return value (the XCom, and the log's last line) is a short outcome.
+    """
+    from tasks.versioning import commit_and_push, outcome
+
+    return outcome(commit_and_push(ROOT, [stage]))

@@ -38,3 +38,9 @@ def commit_and_push(root: Path, stages: list[str]) -> dict[str, str]:
     status = dvc(root, "status", *stages).strip()
     log.info("dvc: committed %s; %s; status: %s", ", ".join(stages), pushed[-1] if pushed else "", status)
     return {"stages": ",".join(stages), "push": pushed[-1] if pushed else "", "status": status}
+
+
+def outcome(result: dict[str, str]) -> str:
+    """commit_and_push's result in a few words, for a task's return value (the full story is in its log)."""
+    clean = "clean" if result["status"] == "Data and pipelines are up to date." else "NOT clean (see the task log)"
+    return f"dvc: committed {result['stages']}; {result['push'] or 'nothing to push'}; status {clean}"
