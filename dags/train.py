@@ -4,8 +4,8 @@ train_spectrogram runs on the slices Asset, train_audioset on the VGGish one. Ea
 per model (architecture x data x split x seed) on the `gpu` queue and pool: a task claims a free
 GPU by lock file and pins it, or runs on the CPU where there is none. It runs the same function as
 `dvc repro` (train_<study>@<name>), logs to MLflow, registers the model (`champion` moves only to
-a better one) and publishes it as the Asset `model_<name>`. `version_models` then records the
-models that trained in dvc.lock and pushes them, even when another model of the run failed.
+a better one). `version_models` then records the models that trained in dvc.lock and pushes them,
+even when another model of the run failed, and publishes each as the Asset `model_<name>`.
 """
 
 from __future__ import annotations
@@ -30,25 +30,28 @@ def plan_models(stage: str) -> list[str]:
     return list(stage_config(stage, ROOT).models.get(stage.removeprefix("train_"), {}))
 
 
-@task(queue=GPU_QUEUE, pool=GPU_POOL, outlets=[TRAINED], map_index_template="{{ name }}", **TRAIN_ARGS)
-def train_model(stage: str, name: str, *, outlet_events: Any = None) -> dict[str, Any]:
+@task(queue=GPU_QUEUE, pool=GPU_POOL, map_index_template="{{ name }}", **TRAIN_ARGS)
+def train_model(stage: str, name: str) -> dict[str, Any]:
     from tasks.cli import configure_logging, run_stage
 
     configure_logging()
     result = run_stage(f"{stage}@{name}", ROOT)[name]
-    outlet_events[TRAINED].add(model_asset(name), extra={k: result[k] for k in ("registered_model", "version")})
-    return result
+    return {k: result[k] for k in ("model", "registered_model", "version", "champion_version", "val_clip_accuracy")}
 
 
-@task(pool=DVC_POOL, trigger_rule="all_done", **LOCAL_ARGS)
-def version_models(stage: str, results: Any) -> dict[str, Any]:
-    """dvc commit + push the train stages whose task succeeded (a failed one has no result)."""
-    from tasks.versioning import commit_and_push
+@task(pool=DVC_POOL, trigger_rule="all_done", outlets=[TRAINED], **LOCAL_ARGS)
+def version_models(stage: str, results: Any, *, outlet_events: Any = None) -> str:
+    """dvc commit + push the train stages whose task succeeded (a failed one has no result), then publish
+    each as its model Asset: the evaluation it triggers finds the model versioned."""
+    from tasks.versioning import commit_and_push, outcome
 
-    trained = [r["model"] for r in results if r]
+    trained = [r for r in results if r]
     if not trained:
         raise RuntimeError(f"{stage}: no model trained; nothing to version")
-    return {"models": trained, "dvc": commit_and_push(ROOT, [f"{stage}@{name}" for name in trained])}
+    done = outcome(commit_and_push(ROOT, [f"{stage}@{r['model']}" for r in trained]))
+    for r in trained:
+        outlet_events[TRAINED].add(model_asset(r["model"]), extra={k: r[k] for k in ("registered_model", "version")})
+    return done
 
 
 def train_dag(stage: str, features: str) -> None:

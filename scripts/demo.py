@@ -2,7 +2,7 @@
 
 Generates a mood corpus in the official archive formats, serves it from a loopback mirror,
 copies the project into a workspace whose params point at that mirror, and runs the DAGs in
-a real Airflow (api-server + scheduler + dag-processor, SQLite) next to a local MLflow
+a real Airflow (api-server + scheduler + dag-processor + triggerer, SQLite) next to a local MLflow
 server and a local DVC remote. Everything lives under .demo/.
 """
 

@@ -81,6 +81,12 @@ class Failure:
     attempts: int = 1
 
 
+def log_failure(failure: Failure) -> None:
+    """One WARNING per clip that failed, naming it, the stage and why: a failure must show under a warning filter."""
+    tries = f" after {failure.attempts} attempts" if failure.attempts > 1 else ""
+    log.warning("%s: clip %s failed%s: %s: %s", failure.stage, failure.id, tries, failure.reason, failure.message)
+
+
 def temp_path(path: Path) -> Path:
     """Where a file is written before it is renamed into place; remove_partial_files knows the pattern."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -165,6 +171,9 @@ class RawStore:
         atomic_write_table(table, self.shard_path(index), 64, compression, use_dictionary=metadata)
 
     def write_failures(self, name: str, failures: Sequence[Failure]) -> None:
+        """Failures found before sharding (step `name`), each logged as it is recorded."""
+        for failure in failures:
+            log_failure(failure)
         atomic_write_table(failures_table(failures), self.failures_dir / f"{name}.parquet")
 
     def _row(self, clip: Clip) -> dict[str, Any]:
@@ -235,6 +244,7 @@ def fill_store(
                     tally.add("done")
                 except AudioError as exc:
                     failures.append(Failure(clip_id, sources[clip_id], stage, exc.reason, str(exc)))
+                    log_failure(failures[-1])
                     tally.add("failed", reason=exc.reason)
                 progress.update()
             store.write_shard(index, clips, failures)

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -117,14 +118,24 @@ def free_port(preferred: int = 0) -> int:
 
 
 class AirflowServices:
-    """The real Airflow: api-server, scheduler and dag-processor on loopback, logs in AIRFLOW_HOME."""
+    """The real Airflow: api-server, scheduler, dag-processor and triggerer on loopback, logs in AIRFLOW_HOME.
 
-    COMPONENTS = ("api-server", "scheduler", "dag-processor")
+    No DAG defers a task today; the triggerer runs so that the UI's health badge is green.
+    `components` starts a subset, such as the api-server alone to browse a finished run.
+    """
 
-    def __init__(self, env: dict[str, str], port: int, password: str = "admin") -> None:
+    COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+    def __init__(self, env: dict[str, str], port: int, password: str = "admin",
+                 components: tuple[str, ...] = COMPONENTS) -> None:  # fmt: skip
+        unknown = set(components) - set(self.COMPONENTS)
+        if unknown:
+            raise ValueError(f"AirflowServices: unknown components {sorted(unknown)}; known: {self.COMPONENTS}")
         # Task runners reach the API server at this URL; its default, localhost:8080, may be another Airflow.
         self.env = {**env, "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/"}
-        self.port, self.password = port, password
+        # The triggerer serves its logs on 8794 by default, which another Airflow on this host may hold.
+        self.env.setdefault("AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT", str(free_port(8794)))
+        self.port, self.password, self.components = port, password, components
         self.home = Path(env["AIRFLOW_HOME"])
         self.procs: list[subprocess.Popen[bytes]] = []
         self._token: str | None = None
@@ -135,7 +146,7 @@ class AirflowServices:
 
     def start(self) -> AirflowServices:
         airflow_bin = str(Path(sys.executable).parent / "airflow")
-        for name in self.COMPONENTS:
+        for name in self.components:
             args = [airflow_bin, name] + (["-H", "127.0.0.1", "-p", str(self.port), "-w", "1"]
                                           if name == "api-server" else [])  # fmt: skip
             log = (self.home / f"{name}.log").open("ab")
@@ -161,7 +172,7 @@ class AirflowServices:
         self.stop()
 
     def _check_alive(self) -> None:
-        for name, proc in zip(self.COMPONENTS, self.procs, strict=True):
+        for name, proc in zip(self.components, self.procs, strict=True):
             if proc.poll() is not None:
                 tail = (self.home / f"{name}.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"airflow {name} exited with {proc.returncode}:\n{tail}")
@@ -177,6 +188,40 @@ class AirflowServices:
             resp.raise_for_status()
             self._token = resp.json()["access_token"]
         return self._token
+
+    def health(self) -> dict[str, dict[str, str | None]]:
+        """/api/v2/monitor/health: per component (metadatabase, scheduler, triggerer, ...) its status and heartbeat."""
+        resp = requests.get(f"{self.url}/api/v2/monitor/health", timeout=30)
+        resp.raise_for_status()
+        return resp.json()
+
+    def wait_healthy(self, components: tuple[str, ...], since: datetime | None = None,
+                     timeout: float = 120) -> dict[str, dict[str, str | None]]:  # fmt: skip
+        """Wait until the health endpoint calls each of `components` healthy, by a heartbeat after `since` if given
+        (a component stopped seconds ago still looks healthy by its last one); the last answer."""
+        deadline = time.monotonic() + timeout
+        health: dict[str, dict[str, str | None]] = {}
+
+        def fresh(name: str) -> bool:
+            part = health.get(name) or {}
+            if part.get("status") != "healthy":
+                return False
+            if since is None or name == "metadatabase":  # the database has no heartbeat
+                return True
+            beat = part.get(f"latest_{name}_heartbeat")
+            return beat is not None and datetime.fromisoformat(beat) > since
+
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                health = self.health()
+                if all(fresh(c) for c in components):
+                    return health
+            except requests.RequestException:
+                pass
+            time.sleep(2)
+        raise TimeoutError(f"Airflow health {health} after {timeout:.0f} s, wanted {components} healthy"
+                           f"{f' since {since}' if since else ''}; see {self.home}/*.log")  # fmt: skip
 
     def wait_for_dag(self, dag_id: str, timeout: float = 180) -> None:
         """Wait until the API answers and the dag-processor has parsed `dag_id`."""

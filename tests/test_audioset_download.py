@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sqlite3
@@ -87,7 +88,7 @@ def read(root: Path, name: str) -> list[dict]:
     return pq.read_table(root / "data/raw/audioset" / name).to_pylist()
 
 
-def test_every_fault_lands_in_its_class_and_the_run_goes_on(setup: Setup) -> None:
+def test_every_fault_lands_in_its_class_and_the_run_goes_on(setup: Setup, caplog: pytest.LogCaptureFixture) -> None:
     k = kinds()
     ok = k["mood"]
     throttled, reset_once, reset_always, truncated, slow, limited = ok[:6]
@@ -114,6 +115,11 @@ def test_every_fault_lands_in_its_class_and_the_run_goes_on(setup: Setup) -> Non
         limited: ("rate_limited", 3),
     }
     assert "HTTP Error 404" in failed[k["none"][0]]["message"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for ytid, (reason, attempts) in reasons.items():
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        prefix = f"acquire_audioset: clip {failed[ytid]['id']} failed{tries}: {reason}: "
+        assert [m for m in warnings if m.startswith(prefix)], (prefix, warnings)
     stored = {r["ytid"] for r in read(setup.root, "manifest.parquet")}
     assert {throttled, reset_once, slow} <= stored  # transient once, then fetched
     assert setup.hits(throttled) >= 2 and setup.hits(slow) >= 2 and setup.hits(reset_once) >= 3

@@ -1,4 +1,5 @@
 import io
+import logging
 import tarfile
 from pathlib import Path
 
@@ -64,7 +65,8 @@ def test_single_label_rule_keeps_a_subset(params: dict, cal500_archive: Path, tm
     assert all(len(labels) == 1 for labels in manifest.labels)
 
 
-def test_hostile_name_missing_and_corrupt_mp3_are_failures(params: dict, cal500_archive: Path, tmp_path: Path):
+def test_hostile_name_missing_and_corrupt_mp3_are_failures(params: dict, cal500_archive: Path, tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture):  # fmt: skip
     with tarfile.open(cal500_archive) as tf:
         songs = tf.extractfile("CAL500/songNames.txt").read().decode().split()
     victims = {"missing": songs[0], "corrupt": songs[1], "renamed": songs[2]}
@@ -90,6 +92,14 @@ def test_hostile_name_missing_and_corrupt_mp3_are_failures(params: dict, cal500_
     assert failures.loc["../../etc/passwd", "reason"] == "bad_name"
     assert metrics["clips"] == 3 and metrics["failed"] == 3
     assert not (tmp_path.parent / "etc").exists()
+    # Each failure is one WARNING naming the stage, the clip and the reason, so a warning filter shows it.
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for stage, clip, reason in [
+        ("acquire_cal500", victims["missing"], "missing_file"),
+        ("acquire_cal500", victims["corrupt"], "decode"),
+        ("parse", "../../etc/passwd", "bad_name"),
+    ]:
+        assert [m for m in warnings if m.startswith(f"{stage}: clip {clip} failed: {reason}: ")], warnings
 
 
 def test_inconsistent_annotation_files_stop_with_a_clear_message(params, cal500_archive: Path, tmp_path: Path):

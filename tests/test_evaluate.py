@@ -43,7 +43,11 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str) -> P
                                           "train.models.audioset.lstm1_audioset.split.k=3",
                                           "train.architectures.small_cnn.epochs=20",
                                           "train.architectures.lstm1.epochs=10",
-                                          "train.architectures.logreg.epochs=10"])  # fmt: skip
+                                          "train.architectures.logreg.epochs=10",
+                                          # every dataset in both feature sets: the cross-dataset matrix
+                                          "features_slices.datasets=[ravdess, cal500, audioset]",
+                                          "features_vggish.datasets=[audioset, cal500]",
+                                          "features_vggish.default_splits={cal500: test}"])  # fmt: skip
         for stage in ("acquire_ravdess", "acquire_cal500", "select_audioset", "acquire_audioset", "features_slices",
                       "features_vggish"):  # fmt: skip
             run_stage(stage, ws)
@@ -107,10 +111,11 @@ def test_small_cnn_votes_well_above_chance_and_traces_slices_to_audio(workspace:
     assert {"clip_id", "slice", "start_s", "end_s", "p_happy"} <= set(slices.columns)
     assert (slices["end_s"] > slices["start_s"]).all()
     songs = pd.read_parquet(folder / "songs.parquet")
-    assert set(songs["test_set"]) == {"ravdess_held_out", "cal500_test"}
+    assert set(songs["test_set"]) == {"ravdess_held_out", "cal500_test", "audioset_test", "audioset_train"}
     assert (workspace / "plots/confusion/cnn_ravdess.csv").read_text().startswith("actual,predicted\n")
     html = (folder / "report.html").read_text()
-    assert html.count('class="confusion"') == 4 and "http://" not in html.split("<h2>Regenerate")[0]
+    assert html.count('class="confusion"') == 2 * len(metrics["test_sets"])  # counts and row-normalised
+    assert "http://" not in html.split("<h2>Regenerate")[0]
     if "Worst-classified" in html:
         assert "data:audio/mpeg;base64," in html
 
@@ -125,8 +130,16 @@ def test_summary_fills_the_studies_tables_or_says_why(workspace: Path) -> None:
     row = studies["spectrogram"]["table2"]["rows"][0]
     assert row["80/20"]["ours"]["why"].startswith("not trained") and row["80/20"]["published"] == 0.56
     cross = {r["model"]: r for r in studies["cross_dataset"]["rows"]}
-    assert cross["cnn_ravdess"]["cal500_test"]["value"] is not None
-    assert cross["cnn_ravdess"]["audioset_test"]["why"].startswith("no data")
+    # RAVDESS-trained on CAL500 (the study's transfer), on held-out singers and, through the label map
+    # (scary -> fearful), on AudioSet eval; AudioSet-trained on CAL500 through its store's audioset labels.
+    for model, test_set in [("cnn_ravdess", "cal500_test"), ("cnn_ravdess", "ravdess_held_out"),
+                            ("cnn_ravdess", "audioset_test"), ("logreg_audioset", "cal500_test"),
+                            ("logreg_audioset", "audioset_test")]:  # fmt: skip
+        assert cross[model][test_set]["value"] is not None, (model, test_set, cross[model][test_set])
+    assert cross["logreg_audioset"]["ravdess_held_out"]["why"].startswith("n/a")
+    songs = pd.read_parquet(workspace / "reports/models/cnn_ravdess/songs.parquet")
+    scary = songs[(songs["test_set"] == "audioset_test") & songs["stored_labels"].map(lambda v: "scary" in v)]
+    assert len(scary) and all(list(v) == ["fearful"] for v in scary["labels"])
     assert "<td>" in (workspace / "reports/summary/index.html").read_text()
 
 

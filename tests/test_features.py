@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from pathlib import Path
 
 import librosa
@@ -425,7 +426,8 @@ def test_damaged_flac_is_a_decode_error_naming_the_damage(damage, message: str, 
     assert error.value.reason == "decode"
 
 
-def test_bad_audio_goes_to_failures_and_the_run_goes_on(params: dict, tmp_path: Path) -> None:
+def test_bad_audio_goes_to_failures_and_the_run_goes_on(params: dict, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
     good = [synth_clip(f"good-{i}", "happy", 2.0, SR, 2) for i in range(5)]
     corrupt = FlacBlob(b"fLaC" + bytes(range(200)), SR, 1, 16000)
     bad = [
@@ -446,6 +448,9 @@ def test_bad_audio_goes_to_failures_and_the_run_goes_on(params: dict, tmp_path: 
         ("corrupt", "decode", "features_slices"),
     }  # fmt: skip
     assert all(f["source"].startswith("mixed/part-") and f["message"] for f in failures)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for clip, reason in [("silent", "silent"), ("clipped", "clipped"), ("corrupt", "decode")]:
+        assert [m for m in warnings if m.startswith(f"features_slices: clip {clip} failed: {reason}: ")], warnings
     lenient = slices_cfg(params, tmp_path, "features_slices.datasets=[mixed]",
                          "features_slices.default_splits={mixed: x}", "features_slices.store.max_failure_share=0.5")
     assert features_slices(lenient, tmp_path)["clips"] == 5

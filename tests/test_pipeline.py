@@ -26,13 +26,16 @@ def outs_md5(lock: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory, mirror_params: list[str], mlflow_server: str) -> Path:
-    """A workspace after one `airflow dags test acquire` run, then the features and train DAGs its Assets trigger."""
+    """A workspace after one `airflow dags test acquire` run, then the features, train and evaluate DAGs its
+    Assets trigger."""
     root = tmp_path_factory.mktemp("pipeline")
-    ws = make_workspace(root / "ws", [*mirror_params, *TRAIN_OVERRIDES, f"train.common.tracking_uri={mlflow_server}"])
+    ws = make_workspace(root / "ws", [*mirror_params, *TRAIN_OVERRIDES, f"train.common.tracking_uri={mlflow_server}",
+                                      f"evaluate.tracking_uri={mlflow_server}"])  # fmt: skip
     env = airflow_env(root / "airflow", ws)
     prepare_airflow(env)
-    # The features DAGs run on the Assets acquire publishes, train on theirs; `dags test` runs each in turn.
-    for dag_id in ["acquire", *FEATURE_DAGS, "train_spectrogram", "train_audioset"]:
+    # The features DAGs run on the Assets acquire publishes, train on theirs, evaluate on the models';
+    # `dags test` runs each in turn (evaluate with its default params: every model of the matrix).
+    for dag_id in ["acquire", *FEATURE_DAGS, "train_spectrogram", "train_audioset", "evaluate"]:
         proc = airflow(env, "dags", "test", dag_id)
         log = proc.stdout + proc.stderr
         assert proc.returncode == 0, log[-5000:]
@@ -110,6 +113,15 @@ def test_train_dag_publishes_one_asset_per_model(workspace: Path) -> None:
         assert assets[f"model_{name}"] == f"file://{workspace}/models/{name}"
 
 
+def test_evaluate_dag_reports_every_model_and_the_studies(workspace: Path) -> None:
+    lock = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"]
+    for stage, name in [("evaluate_spectrogram", "cnn_ravdess"), ("evaluate_spectrogram", "stats_ravdess"),
+                        ("evaluate_audioset", "logreg_audioset"), ("evaluate_audioset", "lstm1_audioset")]:
+        assert (workspace / f"reports/models/{name}/report.html").exists()
+        assert f"reports/models/{name}" in {out["path"] for out in lock[f"{stage}@{name}"]["outs"]}
+    assert (workspace / "reports/summary/index.html").exists() and "evaluate_summary" in lock
+
+
 def test_dvc_is_clean_and_pushed_after_the_airflow_run(workspace: Path) -> None:
     assert dvc(workspace, "status").strip() == "Data and pipelines are up to date."
     assert "in sync" in dvc(workspace, "status", "--cloud")
@@ -140,9 +152,10 @@ def test_clean_clone_reproduces_the_same_artifacts(workspace: Path, tmp_path: Pa
     out = dvc(clone, "repro")
     assert "Running stage 'acquire_ravdess'" in out and "Running stage 'acquire_cal500'" in out
     assert "Running stage 'train_spectrogram@cnn_ravdess'" in out
-    # Data, features and learning curves are byte-identical; a model's folder and metrics also name its own
-    # MLflow run and registered version, so only its weights are compared.
-    data = {p: h for p, h in outs_md5(workspace / "dvc.lock").items() if not p.startswith(("models/", "metrics/"))}
+    # Data, features, learning curves and song votes are byte-identical; a model's folder, its report and
+    # metrics also name their own MLflow runs and registered version, so only its weights are compared.
+    data = {p: h for p, h in outs_md5(workspace / "dvc.lock").items()
+            if not p.startswith(("models/", "metrics/", "reports/"))}
     assert {p: outs_md5(clone / "dvc.lock")[p] for p in data} == data
     for name in ("cnn_ravdess", "lstm1_audioset"):
         assert (clone / f"models/{name}/model.pt").read_bytes() == (workspace / f"models/{name}/model.pt").read_bytes()

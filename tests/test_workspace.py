@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -16,8 +17,9 @@ from tasks.workspace import AirflowServices
 
 @pytest.fixture
 def api_server() -> Iterator[tuple[ThreadingHTTPServer, dict[str, int]]]:
-    """Answers /auth/token, and /api/v2/assets/events with a 500 for the first `failures` calls."""
-    state = {"failures": 0, "calls": 0}
+    """Answers /auth/token, /api/v2/monitor/health with state["health"], and /api/v2/assets/events with a 500
+    for the first `failures` calls."""
+    state: dict = {"failures": 0, "calls": 0, "health": {}}
 
     class Handler(BaseHTTPRequestHandler):
         def reply(self, status: int, body: dict) -> None:
@@ -33,6 +35,9 @@ def api_server() -> Iterator[tuple[ThreadingHTTPServer, dict[str, int]]]:
             self.reply(201, {"access_token": "token"})
 
         def do_GET(self) -> None:
+            if self.path == "/api/v2/monitor/health":
+                self.reply(200, state["health"])
+                return
             state["calls"] += 1
             if state["calls"] <= state["failures"]:
                 self.reply(500, {"detail": "Internal Server Error"})
@@ -65,3 +70,28 @@ def test_assets_produced_gives_up_on_500_at_its_timeout(api_server, tmp_path: Pa
     with pytest.raises(requests.HTTPError, match="500"):
         services(server, tmp_path).assets_produced("acquire", "run", timeout=1.5)
     assert 2 <= state["calls"] <= 4
+
+
+def test_components_are_the_four_airflow_commands_or_a_subset(tmp_path: Path) -> None:
+    assert AirflowServices.COMPONENTS == ("api-server", "scheduler", "dag-processor", "triggerer")
+    ui_only = AirflowServices({"AIRFLOW_HOME": str(tmp_path)}, 8080, components=("api-server",))
+    assert ui_only.components == ("api-server",)
+    with pytest.raises(ValueError, match=r"unknown components \['webserver'\]"):
+        AirflowServices({"AIRFLOW_HOME": str(tmp_path)}, 8080, components=("api-server", "webserver"))
+
+
+def test_wait_healthy_wants_a_heartbeat_after_since(api_server, tmp_path: Path) -> None:
+    server, state = api_server
+    services = AirflowServices({"AIRFLOW_HOME": str(tmp_path)}, server.server_address[1], components=())
+    now = datetime.now(UTC)
+    beat = (now - timedelta(seconds=5)).isoformat()  # a triggerer stopped seconds ago: healthy by its last beat
+    state["health"] = {"metadatabase": {"status": "healthy"},
+                       "triggerer": {"status": "healthy", "latest_triggerer_heartbeat": beat}}  # fmt: skip
+    assert services.wait_healthy(("metadatabase", "triggerer"))["triggerer"]["status"] == "healthy"
+    with pytest.raises(TimeoutError, match="wanted \\('metadatabase', 'triggerer'\\) healthy since"):
+        services.wait_healthy(("metadatabase", "triggerer"), since=now, timeout=1)
+    state["health"]["triggerer"]["latest_triggerer_heartbeat"] = (now + timedelta(seconds=1)).isoformat()
+    assert services.wait_healthy(("metadatabase", "triggerer"), since=now, timeout=5)
+    state["health"]["triggerer"] = {"status": None, "latest_triggerer_heartbeat": None}  # never started
+    with pytest.raises(TimeoutError):
+        services.wait_healthy(("triggerer",), timeout=1)

@@ -48,6 +48,7 @@ from tasks.storage import (
     StageFailed,
     atomic_write_text,
     check_failure_share,
+    log_failure,
     plan_shards,
     store_metrics,
     write_json,
@@ -468,7 +469,7 @@ def _download(downloader: ShardDownloader, todo: list[Job], state: DownloadState
                 state.remember(result)
             failures[result.id] = result
             tally.add("failed", reason=result.reason)
-            log.info("%s: %s after %d attempt(s): %s", result.id, result.reason, result.attempts, result.message)
+            log_failure(result)
     return stopped
 
 

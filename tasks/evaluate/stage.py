@@ -101,8 +101,9 @@ def evaluate_model(cfg: EvaluateConfig, root: Path, model: TrainedModel, name: s
     outcomes = []
     for test in tests:
         prob, row_clip = predict(model, test.data, device)
-        weights = (np.maximum(test.data.real_share, 1e-3) if weighting == "real_share" and len(prob) == len(
-            test.data.real_share) else np.ones(len(prob)))  # fmt: skip
+        # as in training: a slice votes by its share of real audio (whole-clip models: one vote per clip)
+        per_slice = weighting == "real_share" and len(prob) == len(test.data.real_share)
+        weights = np.maximum(test.data.real_share, 1e-3) if per_slice else np.ones(len(prob))
         outcomes.append(score(test, prob, row_clip, weights, model.classes, cfg.threshold, cfg.curve_step,
                               cfg.bootstrap.resamples, cfg.bootstrap.seed))  # fmt: skip
         m = outcomes[-1].metrics
@@ -226,7 +227,6 @@ def worst_songs(o: Outcome, classes: list[str], cfg: EvaluateConfig, root: Path,
     wrong = np.flatnonzero((pred != voting.ABSTAIN) & ~voting.correct_any(pred, o.test.truth))
     chosen = wrong[np.argsort(-o.share[wrong], kind="stable")][: cfg.worst_songs]
     data, out = o.test.data, []
-    dataset = o.test.key.rsplit("_", 2)[0] if o.test.key.endswith("_held_out") else o.test.key.rsplit("_", 1)[0]
     per_row = len(data.row_start) == len(o.row_clip)
     for c in chosen:
         rows = np.flatnonzero(o.row_clip == c)
@@ -235,7 +235,7 @@ def worst_songs(o: Outcome, classes: list[str], cfg: EvaluateConfig, root: Path,
                    "predicted": classes[int(o.prob[r].argmax())], "probability": float(o.prob[r].max()),
                    "weight": float(o.weights[r])} for i, r in enumerate(rows)]  # fmt: skip
         loudest = max(slices, key=lambda s: s["probability"] if s["predicted"] == classes[pred[c]] else -1)
-        audio, span = report.excerpt(root / cfg.raw_dir / dataset, data.clip_ids[c], loudest["start"],
+        audio, span = report.excerpt(root / cfg.raw_dir / o.test.dataset, data.clip_ids[c], loudest["start"],
                                      cfg.excerpt_seconds)  # fmt: skip
         out.append({"clip_id": data.clip_ids[c], "labels": [classes[k] for k in np.flatnonzero(o.test.truth[c])],
                     "predicted": classes[pred[c]], "share": float(o.share[c]), "slices": slices,

@@ -110,6 +110,9 @@ def cross_dataset(cards: list[dict[str, Any]], evaluations: dict[str, dict[str, 
                 row[column] = {"value": m["majority"]["accuracy"], "why": "", "songs": m["songs"]}
             elif column in evaluation.get("skipped", {}):
                 row[column] = {"value": None, "why": evaluation["skipped"][column]}
+            elif column.endswith("_held_out"):
+                row[column] = {"value": None, "why": f"n/a: the held-out clips of a model trained on "
+                                                     f"{column.removesuffix('_held_out')}"}  # fmt: skip
             else:
                 row[column] = {"value": None, "why": f"no data: {card['features']['dir']} holds no such partition"}
         rows.append(row)

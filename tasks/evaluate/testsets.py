@@ -31,6 +31,7 @@ HELD_OUT = "held_out"
 @dataclass
 class TestSet:
     key: str  # <dataset>_<split>, or <dataset>_held_out
+    dataset: str
     title: str
     data: ClipData  # the clips that have rows; clip_tags as stored
     truth: np.ndarray  # clips x model classes: the clip carries that label
@@ -75,7 +76,7 @@ def build_test_sets(model: TrainedModel, cfg: EvaluateConfig, root: Path, featur
                             f"map to none of {model.classes}")  # fmt: skip
             continue
         keep = truth.any(1)
-        test = TestSet(key, title, take_clips(data, np.flatnonzero(keep)), truth[keep], strength[keep],
+        test = TestSet(key, dataset, title, take_clips(data, np.flatnonzero(keep)), truth[keep], strength[keep],
                        without_shared_label=[data.clip_ids[i] for i in np.flatnonzero(~keep)])  # fmt: skip
         if not (own and split == "train"):
             test.without_slices = clips_without_slices(root / cfg.raw_dir, features_dir, dataset, split, data)

@@ -20,7 +20,7 @@ from tasks.audio import AudioError, FlacBytes
 from tasks.config import ConfigError, FeatureStoreConfig
 from tasks.features.dataset import Block, FeatureStore, InputShard, ShardWriter, plan_inputs
 from tasks.progress import Progress, Tally
-from tasks.storage import Failure, check_failure_share, write_json
+from tasks.storage import Failure, check_failure_share, log_failure, write_json
 
 log = logging.getLogger("tasks")
 T = TypeVar("T")
@@ -213,6 +213,7 @@ def build_features(
             if isinstance(result, AudioError):
                 failures.append(Failure(shard.ids[i], f"{shard.dataset}/{shard.path.name}", stage, result.reason,
                                         str(result)))  # fmt: skip
+                log_failure(failures[-1])
                 tally.add("failed", reason=result.reason)
             else:
                 good.append(result)
