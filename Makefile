@@ -10,7 +10,7 @@ APT_PACKAGES := ffmpeg sox git chromium
 # This machine's pip config lists local indexes that may be absent; their warnings are noise.
 PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location 'file://" || true; }
 
-.PHONY: all test test-fast lint demo bench bench-cv apt venv plots-template clean
+.PHONY: all test test-fast lint demo bench bench-cv bench-eval apt venv plots-template clean
 all: test
 
 apt:
@@ -49,6 +49,10 @@ bench: apt venv
 bench-cv: apt venv
 	$(PY) benchmarks/ravdess_cv.py
 
+# Real RAVDESS (../shared/data): the default models' speaker-independent evaluation, ~15 min on 2 cores.
+bench-eval: apt venv
+	$(PY) benchmarks/ravdess_evaluate.py
+
 # `dvc plots show` pages that render offline: builds .cache/dvc/plots-offline.html (README, "Plots offline").
 plots-template:
 	@command -v npm >/dev/null || { echo "installing: npm"; \
@@ -56,4 +60,4 @@ plots-template:
 	python3 scripts/dvc_plots_template.py
 
 clean:
-	rm -rf .demo .cache data .dvc-remote models plots
+	rm -rf .demo .cache data .dvc-remote models plots reports
