@@ -62,7 +62,8 @@ def main() -> int:
                       f"{held['majority']['ci95_high']:.3f}], soft {held['soft']['accuracy']:.3f}, threshold "
                       f"{held['threshold']['threshold']} {held['threshold']['accuracy']:.3f} at coverage "
                       f"{held['threshold']['coverage']:.3f}; most-common-label baseline "
-                      f"{held['baseline_accuracy']:.3f}, chance {held['chance']:.3f}\n{matrix.to_string()}")  # fmt: skip
+                      f"{held['baseline_accuracy']:.3f}, chance {held['chance']:.3f}")  # fmt: skip
+                print(matrix.to_string())
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
