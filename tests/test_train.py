@@ -70,7 +70,7 @@ def test_small_cnn_beats_twice_chance_on_a_held_out_singer(workspace: Path, mlfl
     assert {"learning_curves.png", "confusion_val.png", "confusion_val.csv", "labels.json"} <= artifacts
     metrics = json.loads((workspace / "metrics/train_cnn_ravdess.json").read_text())
     assert metrics["val_clip_accuracy"] == result["val_clip_accuracy"]
-    assert (workspace / "plots/train_cnn_ravdess.csv").read_text().startswith("epoch,train_loss")
+    assert (workspace / "plots/curves/train_cnn_ravdess.csv").read_text().startswith("epoch,train_loss")
 
 
 def test_registry_names_and_random_weights_label(workspace: Path, mlflow_server: str) -> None:

@@ -55,7 +55,7 @@ def score(test: TestSet, prob: np.ndarray, row_clip: np.ndarray, weights: np.nda
     share = voting.vote_share(t)
     n_without = len(test.without_slices)
     total = n_clips + n_without  # songs without slices count, as wrong, in the song accuracy
-    metrics: dict[str, Any] = {"songs": total, "songs_voted": int((~t.empty).sum()) , "songs_without_slices": n_without,
+    metrics: dict[str, Any] = {"songs": total, "songs_voted": int((~t.empty).sum()), "songs_without_slices": n_without,
                                "songs_without_shared_label": len(test.without_shared_label),
                                "slices": len(row_clip)}  # fmt: skip
     for rule in ("majority", "soft"):

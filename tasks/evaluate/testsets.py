@@ -181,7 +181,7 @@ def clips_without_slices(raw_dir: Path, features_dir: Path, dataset: str, split:
     manifest_path = raw_dir / dataset / "manifest.parquet"
     if not manifest_path.exists():
         return []
-    manifest = pq.read_table(manifest_path, columns=None)
+    manifest = pq.read_table(manifest_path)
     ids = manifest.column("id").to_pylist()
     if "split" in manifest.column_names:
         ids = [i for i, s in zip(ids, manifest.column("split").to_pylist(), strict=True) if s == split]

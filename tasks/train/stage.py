@@ -4,7 +4,7 @@ Story: load the clips and check their labels, split them by group, claim a GPU (
 train with a checkpoint per epoch into one MLflow run (resumed after a retry), score the
 validation side by clip-level vote beside a majority baseline, log curves, confusion matrix and
 the model, register it and move `champion` only to a better one, and write the DVC outputs:
-models/<name>/ and metrics/train_<name>.json, plots/train_<name>.csv.
+models/<name>/ and metrics/train_<name>.json, plots/curves/train_<name>.csv.
 
 A retried task finds its checkpoint, its MLflow run and, past registration, its registered
 version under .cache/train/<name>/, so it neither retrains finished epochs nor registers twice.
@@ -337,7 +337,7 @@ def model_card(job: Job, data: ClipData, split: Split, result: FitResult, metric
 
 
 def write_outputs(job: Job, result: FitResult, card: dict[str, Any]) -> dict[str, Any]:
-    """models/<name>/ (weights + model.json), metrics/train_<name>.json, plots/train_<name>.csv."""
+    """models/<name>/ (weights + model.json), metrics/train_<name>.json, plots/curves/train_<name>.csv."""
     import joblib
     import pandas as pd
 
