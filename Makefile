@@ -49,7 +49,7 @@ bench: apt venv
 bench-cv: apt venv
 	$(PY) benchmarks/ravdess_cv.py
 
-# Real RAVDESS (../shared/data): the default models' speaker-independent evaluation, ~15 min on 2 cores.
+# Real RAVDESS (../shared/data): the default models' speaker-independent evaluation, ~3 min on 2 cores.
 bench-eval: apt venv
 	$(PY) benchmarks/ravdess_evaluate.py
 

@@ -1,6 +1,6 @@
 """The evaluation stage on the real RAVDESS song clips: the default models, speaker-independent (not a test).
 
-    .venv/bin/python benchmarks/ravdess_evaluate.py [--keep DIR]     # or: make bench-eval  (~15 min on 2 cores)
+    .venv/bin/python benchmarks/ravdess_evaluate.py [--keep DIR]     # or: make bench-eval  (~3 min on 2 cores)
 
 Reads ../shared/data/ravdess/song_flac16k (836 song clips of actors 01-20 but 18), runs the real stages in a
 throwaway workspace with the default params (acquire_ravdess from a zip of those files, features_slices,

@@ -54,6 +54,16 @@ def version_models(stage: str, results: Any, *, outlet_events: Any = None) -> st
     return done
 
 
+@task(trigger_rule="all_done", **LOCAL_ARGS)
+def check_models(stage: str, planned: list[str], results: Any) -> str:
+    """The run's leaf: it fails when a planned model did not train, so the run does not look green."""
+    trained = {r["model"] for r in results if r}
+    missing = [name for name in planned if name not in trained]
+    if missing:
+        raise RuntimeError(f"{stage}: models {missing} failed (see train_model); the others are versioned")
+    return f"{stage}: all {len(planned)} models trained"
+
+
 def train_dag(stage: str, features: str) -> None:
     @dag(
         dag_id=stage,
@@ -65,8 +75,9 @@ def train_dag(stage: str, features: str) -> None:
         doc_md=__doc__,
     )
     def build() -> None:
-        trained = train_model.partial(stage=stage).expand(name=plan_models(stage))
-        version_models(stage, trained)
+        planned = plan_models(stage)
+        trained = train_model.partial(stage=stage).expand(name=planned)
+        version_models(stage, trained) >> check_models(stage, planned, trained)
 
     build()
 

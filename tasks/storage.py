@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -90,6 +91,18 @@ def log_failure(failure: Failure) -> None:
 def temp_path(path: Path) -> Path:
     """Where a file is written before it is renamed into place; remove_partial_files knows the pattern."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def replace_dir(built: Path, final: Path) -> None:
+    """Put a folder built elsewhere (same filesystem) in place of `final`: a reader sees the old folder or the
+    new one, and a crash in between leaves the old one beside it, never a half-written one in its place."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        final.rename(old)
+    built.rename(final)
+    final.chmod(0o755)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_table(table: pa.Table, path: Path, row_group_size: int | None = None,

@@ -50,8 +50,8 @@ def test_demo_runs_the_pipeline_in_a_real_airflow(demo: tuple[Path, str]) -> Non
     assert accuracy >= 2 / 6, out[-3000:]
     assert re.search(r"model lstm1_audioset .*\[RANDOM VGGish weights\]", out)
     # The model Assets trigger the evaluate DAG: every model gets its report, the studies their summary.
-    assert re.search(r"^DAG evaluate: evaluate_model=success, plan_evaluations=success, summarize=success$", out,
-                     re.MULTILINE), out[-3000:]  # fmt: skip
+    assert re.search(r"^DAG evaluate: check_evaluations=success, evaluate_model=success, plan_evaluations=success, "
+                     r"summarize=success$", out, re.MULTILINE), out[-3000:]  # fmt: skip
     for name in ("cnn_ravdess", "stats_ravdess", "logreg_audioset", "lstm1_audioset"):
         assert f"report: {root / 'workspace/reports/models' / name / 'report.html'}" in out
     held_out = float(re.search(r"evaluation cnn_ravdess on cal500_test: .*ravdess_held_out ([01]\.\d+)", out).group(1))

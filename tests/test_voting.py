@@ -47,7 +47,7 @@ def test_soft_voting_takes_the_highest_mean_probability() -> None:
 
 
 def test_multi_label_songs_are_right_when_the_vote_is_among_their_labels() -> None:
-    truth = voting.label_sets([["b", "c"], ["a"], ["c"]], ["a", "b", "c"])
+    truth = np.array([[False, True, True], [True, False, False], [False, False, True]])  # {b, c}, {a}, {c}
     pred = np.array([2, 2, voting.ABSTAIN])
     assert voting.correct_any(pred, truth).tolist() == [True, False, False]
     # confusion matrices credit the voted label where it is among the song's labels, else its first label

@@ -1,10 +1,11 @@
 """Scores of one model on one test set: every voting rule, the correctness rules, intervals, per-class scores.
 
 Accuracy follows the spectrogram study: a song is right when its predicted label is among its labels.
-Its 95% interval is a seeded percentile bootstrap over songs. Threshold voting's accuracy is over the
-songs it labels, beside its coverage (the share it labels). The rank-aware score is the mean annotated
-strength (CAL500's soft annotation) of the predicted label. Single-label accuracy counts only songs
-with exactly one label. Songs without slices get no vote and count as wrong in the song accuracy.
+Its 95% interval is a seeded percentile bootstrap over songs. Songs without slices get no vote: they
+count as wrong in the majority and soft accuracies, as unlabelled in threshold voting's coverage (its
+accuracy is over the songs it labels), and not at all in the single-label accuracy, the rank-aware
+score (the mean annotated strength, CAL500's soft annotation, of the voted label) and the per-class
+scores. Chance is a uniform guess's accuracy under the same rule (|labels| / K per song).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Outcome:
     weights: np.ndarray
     decisions: dict[str, np.ndarray]  # rule -> class per clip (ABSTAIN where none)
     share: np.ndarray  # majority label's share of each clip's votes
+    truth: np.ndarray  # one true class per clip for confusion matrices (voting.effective_truth)
     metrics: dict[str, Any]
     per_class: pd.DataFrame
     curve: list[dict[str, float]]
@@ -49,46 +51,47 @@ def interval(hits: np.ndarray, resamples: int, seed: int) -> tuple[float, float]
 
 def score(test: TestSet, prob: np.ndarray, row_clip: np.ndarray, weights: np.ndarray, classes: list[str],
           threshold: float, curve_step: float, resamples: int, seed: int) -> Outcome:  # fmt: skip
-    n_clips = test.data.n_clips
+    n_clips, n_without = test.data.n_clips, len(test.without_slices)
     t = voting.tally(prob, row_clip, weights, n_clips)
     decisions = {rule: voting.decide(t, rule, threshold) for rule in voting.RULES}
     share = voting.vote_share(t)
-    n_without = len(test.without_slices)
-    total = n_clips + n_without  # songs without slices count, as wrong, in the song accuracy
-    metrics: dict[str, Any] = {"songs": total, "songs_voted": int((~t.empty).sum()), "songs_without_slices": n_without,
+    total = n_clips + n_without
+    unvoted = np.zeros(n_without, bool)  # songs without slices: never right, never labelled
+    metrics: dict[str, Any] = {"songs": total, "songs_without_slices": n_without,
                                "songs_without_shared_label": len(test.without_shared_label),
                                "slices": len(row_clip)}  # fmt: skip
     for rule in ("majority", "soft"):
-        hits = np.concatenate([voting.correct_any(decisions[rule], test.truth), np.zeros(n_without, bool)])
+        hits = np.concatenate([voting.correct_any(decisions[rule], test.truth), unvoted])
         low, high = interval(hits, resamples, seed)
         metrics[rule] = {"accuracy": float(hits.mean()), "ci95_low": low, "ci95_high": high, "correct": int(hits.sum())}
     labelled = decisions["threshold"] != voting.ABSTAIN
     hits = voting.correct_any(decisions["threshold"], test.truth)[labelled]
     low, high = interval(hits, resamples, seed)
-    metrics["threshold"] = {"threshold": threshold, "coverage": float(labelled.sum() / total) if total else 0.0,
+    metrics["threshold"] = {"threshold": threshold, "coverage": float(labelled.sum() / total),
                             "accuracy": float(hits.mean()) if len(hits) else float("nan"), "ci95_low": low,
                             "ci95_high": high, "songs_labelled": int(labelled.sum())}  # fmt: skip
+    majority_hits = voting.correct_any(decisions["majority"], test.truth)
     single = test.truth.sum(1) == 1
-    single_hits = voting.correct_any(decisions["majority"], test.truth)[single]
     metrics["single_label"] = {"songs": int(single.sum()),
-                               "accuracy": float(single_hits.mean()) if single.any() else float("nan")}
-    ranks = voting.rank_scores(decisions["majority"], test.strength)
-    metrics["rank_score"] = float(np.nanmean(ranks)) if np.isfinite(ranks).any() else None
+                               "accuracy": float(majority_hits[single].mean()) if single.any() else float("nan")}
+    strengths = voting.rank_scores(decisions["majority"], test.strength)
+    annotated = np.isfinite(strengths)
+    metrics["rank_score"] = float(strengths[annotated].mean()) if annotated.any() else None
     carriers = test.truth.sum(0)
     metrics["baseline_most_common_label"] = classes[int(carriers.argmax())]
-    metrics["baseline_accuracy"] = float(carriers.max() / total) if total else 0.0
-    metrics["chance"] = 1.0 / len(classes)
+    metrics["baseline_accuracy"] = float(carriers.max() / total)
+    # a song is right on any of its labels: a uniform guess hits it with |labels| / K
+    metrics["chance"] = float((test.truth.sum(1) / len(classes)).sum() / total)
     truth = voting.effective_truth(decisions["majority"], test.truth)
-    voted = decisions["majority"] != voting.ABSTAIN
-    labels = np.arange(len(classes))
     precision, recall, f1, support = precision_recall_fscore_support(
-        truth[voted], decisions["majority"][voted], labels=labels, zero_division=0)
+        truth, decisions["majority"], labels=np.arange(len(classes)), zero_division=0)
     per_class = pd.DataFrame({"class": classes, "precision": precision, "recall": recall, "f1": f1,
                               "support": support})  # fmt: skip
-    hit_all = voting.correct_any(decisions["majority"], test.truth)
     thresholds = np.round(np.arange(0.0, 1.0 + 1e-9, curve_step), 6)
-    curve = voting.coverage_curve(share[voted], hit_all[voted], thresholds)
-    return Outcome(test, prob, row_clip, weights, decisions, share, metrics, per_class, curve)
+    # the same denominator as the threshold rule's coverage: songs without slices are never labelled
+    curve = voting.coverage_curve(np.concatenate([share, np.full(n_without, -1.0)]),
+                                  np.concatenate([majority_hits, unvoted]), thresholds)  # fmt: skip
+    return Outcome(test, prob, row_clip, weights, decisions, share, truth, metrics, per_class, curve)
 
 
 def songs_frame(outcome: Outcome, classes: list[str]) -> pd.DataFrame:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from tasks.config import STUDIES, EvaluateConfig
 from tasks.evaluate import report, voting
@@ -26,7 +26,7 @@ from tasks.evaluate.model import EvaluationError, TrainedModel, load_dvc_model, 
 from tasks.evaluate.scoring import Outcome, predictions_frame, score, songs_frame
 from tasks.evaluate.testsets import build_test_sets
 from tasks.features.stage import resolve_device
-from tasks.storage import atomic_write_text, write_json
+from tasks.storage import atomic_write_text, replace_dir, write_json
 from tasks.train import tracking
 
 log = logging.getLogger("tasks")
@@ -95,7 +95,9 @@ def evaluate_model(cfg: EvaluateConfig, root: Path, model: TrainedModel, name: s
     uri = connect(cfg)
     study = model.card["study"]
     features = STUDIES[study][0]
-    tests, skipped = build_test_sets(model, cfg, root, features)
+    tests, skipped, features_note = build_test_sets(model, cfg, root, features)
+    if features_note:
+        log.warning("evaluate %s: %s", name, features_note)
     device = resolve_device(cfg.device, "evaluate")
     weighting = model.card.get("vote_weighting", "real_share")
     outcomes = []
@@ -116,32 +118,30 @@ def evaluate_model(cfg: EvaluateConfig, root: Path, model: TrainedModel, name: s
     metrics = {"model": model.card["name"], "arch": model.arch, "study": study, "dataset": model.card["dataset"],
                "registered_model": model.registered_model, "version": model.version,
                "random_vggish_weights": model.random_weights, "primary": primary, "skipped": skipped,
+               "features_note": features_note,
                "test_sets": {o.test.key: o.metrics for o in outcomes}}  # fmt: skip
     final = (reports or root / cfg.reports_dir) / name
-    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = root / report.STAGING
+    staging.mkdir(parents=True, exist_ok=True)
     experiment = tracking.experiment_id(cfg.experiment)
-    with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{final.name}.") as tmp:
+    with tempfile.TemporaryDirectory(dir=staging, prefix=f"{final.name}-") as tmp:
         folder = Path(tmp)
         with mlflow.start_run(experiment_id=experiment, run_name=f"evaluate {name}") as run:
             metrics["mlflow_run_id"] = run.info.run_id
-            log_inputs(model, outcomes, root, cfg, features)
-            write_report(folder, model, outcomes, metrics, cfg, root, command, uri)
+            songs = {o.test.key: songs_frame(o, model.classes) for o in outcomes}
+            log_inputs(model, songs, root, cfg, features)
+            write_report(folder, model, outcomes, songs, metrics, cfg, root, command, uri)
             mlflow.log_metrics(flat_metrics(metrics))
             mlflow.log_artifacts(str(folder))
             link_model_version(model, run.info.run_id, uri, experiment)
-        if final.exists():
-            shutil.rmtree(final)
-        folder.rename(final)
-        final.chmod(0o755)
+        replace_dir(folder, final)
     if dvc_outputs:
         write_json(metrics, root / cfg.metrics_dir / f"evaluate_{name}.json")
         plot = root / cfg.plots_dir / f"{name}.csv"
         plot.parent.mkdir(parents=True, exist_ok=True)
         songs = next(o for o in outcomes if o.test.key == primary)
-        truth = voting.effective_truth(songs.decisions["majority"], songs.test.truth)
-        voted = songs.decisions["majority"] != voting.ABSTAIN
         rows = ["actual,predicted"] + [f"{model.classes[t]},{model.classes[p]}"
-                                       for t, p in zip(truth[voted], songs.decisions["majority"][voted], strict=True)]
+                                       for t, p in zip(songs.truth, songs.decisions["majority"], strict=True)]
         atomic_write_text("\n".join(rows) + "\n", plot)
     log.info("evaluate %s: report %s; MLflow run %s", name, final / "report.html", metrics["mlflow_run_id"])
     return {"model": name, "report": str(final / "report.html"), "mlflow_run_id": metrics["mlflow_run_id"],
@@ -157,7 +157,8 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def log_inputs(model: TrainedModel, outcomes: list[Outcome], root: Path, cfg: EvaluateConfig, features: str) -> None:
+def log_inputs(model: TrainedModel, songs: dict[str, pd.DataFrame], root: Path, cfg: EvaluateConfig,
+               features: str) -> None:  # fmt: skip
     import mlflow
 
     mlflow.set_tags({"model_name": model.card["name"], "arch": model.arch, "study": model.card["study"],
@@ -168,12 +169,10 @@ def log_inputs(model: TrainedModel, outcomes: list[Outcome], root: Path, cfg: Ev
                      "vggish_weights": "random" if model.random_weights else "n/a or published"})  # fmt: skip
     if model.random_weights:
         mlflow.set_tag("mlflow.note.content", tracking.random_weights_warning({"random_weights": True}))
-    for o in outcomes:
-        frame = songs_frame(o, model.classes)
-        frame["labels"] = frame["labels"].map(lambda v: "|".join(v))
-        frame = frame[["clip_id", "labels"]]
+    for key, frame in songs.items():
+        frame = pd.DataFrame({"clip_id": frame["clip_id"], "labels": frame["labels"].map("|".join)})
         dataset = mlflow.data.from_pandas(frame, source=str(root / cfg.features[features]),  # type: ignore[index]
-                                          name=f"{cfg.features[features]}:{o.test.key}", targets="labels")  # type: ignore[index]
+                                          name=f"{cfg.features[features]}:{key}", targets="labels")  # type: ignore[index]
         mlflow.log_input(dataset, context="evaluation")
 
 
@@ -189,18 +188,14 @@ def link_model_version(model: TrainedModel, run_id: str, uri: str, experiment: s
                                  f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}/artifacts/report.html")
 
 
-def write_report(folder: Path, model: TrainedModel, outcomes: list[Outcome], metrics: dict[str, Any],
-                 cfg: EvaluateConfig, root: Path, command: str, uri: str) -> None:  # fmt: skip
-    import pandas as pd
-
+def write_report(folder: Path, model: TrainedModel, outcomes: list[Outcome], songs: dict[str, pd.DataFrame],
+                 metrics: dict[str, Any], cfg: EvaluateConfig, root: Path, command: str, uri: str) -> None:  # fmt: skip
     classes = model.classes
     note = " (random VGGish weights)" if model.random_weights else ""
     sections = []
     sample_rate = int(outcomes[0].test.data.metadata["frontend"]["sample_rate"])
     for o in outcomes:
-        voted = o.decisions["majority"] != voting.ABSTAIN
-        truth = voting.effective_truth(o.decisions["majority"], o.test.truth)
-        images = report.confusion_figures(truth[voted], o.decisions["majority"][voted], classes, folder,
+        images = report.confusion_figures(o.truth, o.decisions["majority"], classes, folder,
                                           f"confusion_{o.test.key}", f"{model.card['name']} on {o.test.key}{note}")
         sections.append({"key": o.test.key, "title": o.test.title, "m": o.metrics,
                          "confusion": {k: report.data_uri(v, "image/png") for k, v in images.items()},
@@ -211,7 +206,7 @@ def write_report(folder: Path, model: TrainedModel, outcomes: list[Outcome], met
     curve = report.coverage_figure({o.test.key: o.curve for o in outcomes}, folder / "coverage.png",
                                    f"threshold voting: {model.card['name']}{note}")  # fmt: skip
     pd.concat([predictions_frame(o, classes, sample_rate) for o in outcomes]).to_parquet(folder / "predictions.parquet")
-    pd.concat([songs_frame(o, classes) for o in outcomes]).to_parquet(folder / "songs.parquet")
+    pd.concat(songs.values()).to_parquet(folder / "songs.parquet")
     pd.DataFrame([{"test_set": o.test.key, **p} for o in outcomes for p in o.curve]).to_csv(folder / "coverage.csv",
                                                                                             index=False)
     write_json(metrics, folder / "metrics.json")
@@ -234,8 +229,9 @@ def worst_songs(o: Outcome, classes: list[str], cfg: EvaluateConfig, root: Path,
                    "end": float(data.row_end[r] / sample_rate) if per_row else None,
                    "predicted": classes[int(o.prob[r].argmax())], "probability": float(o.prob[r].max()),
                    "weight": float(o.weights[r])} for i, r in enumerate(rows)]  # fmt: skip
-        loudest = max(slices, key=lambda s: s["probability"] if s["predicted"] == classes[pred[c]] else -1)
-        audio, span = report.excerpt(root / cfg.raw_dir / o.test.dataset, data.clip_ids[c], loudest["start"],
+        # the excerpt starts where the model was surest of its wrong label
+        surest = max(slices, key=lambda s: s["probability"] if s["predicted"] == classes[pred[c]] else -1)
+        audio, span = report.excerpt(root / cfg.raw_dir / o.test.dataset, data.clip_ids[c], surest["start"],
                                      cfg.excerpt_seconds)  # fmt: skip
         out.append({"clip_id": data.clip_ids[c], "labels": [classes[k] for k in np.flatnonzero(o.test.truth[c])],
                     "predicted": classes[pred[c]], "share": float(o.share[c]), "slices": slices,

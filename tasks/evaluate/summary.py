@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import yaml
 from tasks.config import EvaluateConfig
 from tasks.evaluate import report
 from tasks.evaluate.model import EvaluationError
-from tasks.storage import write_json
+from tasks.storage import replace_dir, write_json
 
 log = logging.getLogger("tasks")
 PUBLISHED = Path(__file__).with_name("published.yaml")
@@ -37,7 +38,8 @@ def load(cfg: EvaluateConfig, root: Path) -> tuple[list[dict[str, Any]], dict[st
     cards = [json.loads(p.read_text()) for p in sorted((root / cfg.models_dir).glob("*/model.json"))]
     evaluations = {}
     for path in sorted((root / cfg.reports_dir).glob("*/metrics.json")):
-        evaluations[path.parent.name] = json.loads(path.read_text())
+        if not path.parent.name.startswith("."):  # a folder replace_dir set aside
+            evaluations[path.parent.name] = json.loads(path.read_text())
     return cards, evaluations
 
 
@@ -128,10 +130,13 @@ def evaluate_summary(cfg: EvaluateConfig, root: Path) -> dict[str, Any]:
                "audioset": audioset_tables(cards, evaluations, root, cfg, published["audioset"]),
                "cross_dataset": cross_dataset(cards, evaluations)}  # fmt: skip
     out = root / cfg.summary_dir
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(studies, out / "studies.json")
-    report.render("summary.html.j2", out / "index.html", studies=studies, published=published,
-                  reports={name: f"../{Path(cfg.reports_dir).name}/{name}/report.html" for name in evaluations})
+    staging = root / report.STAGING
+    staging.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=staging, prefix="summary-") as tmp:
+        write_json(studies, Path(tmp) / "studies.json")
+        report.render("summary.html.j2", Path(tmp) / "index.html", studies=studies, published=published,
+                      reports={name: f"../{Path(cfg.reports_dir).name}/{name}/report.html" for name in evaluations})
+        replace_dir(Path(tmp), out)
     headline = {name: e["test_sets"][e["primary"]]["majority"]["accuracy"] for name, e in evaluations.items()}
     write_json({"models_evaluated": len(evaluations), "headline_accuracy": headline},
                root / cfg.metrics_dir / "evaluate_summary.json")  # fmt: skip

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -30,6 +31,8 @@ HELD_OUT = "held_out"
 
 @dataclass
 class TestSet:
+    __test__ = False  # not a pytest class
+
     key: str  # <dataset>_<split>, or <dataset>_held_out
     dataset: str
     title: str
@@ -50,10 +53,10 @@ def partitions(features_dir: Path) -> list[tuple[str, str]]:
 
 
 def build_test_sets(model: TrainedModel, cfg: EvaluateConfig, root: Path, features: str,
-                    ) -> tuple[list[TestSet], dict[str, str]]:  # fmt: skip
-    """The model's test sets, and the partitions skipped with the reason."""
+                    ) -> tuple[list[TestSet], dict[str, str], str]:  # fmt: skip
+    """The model's test sets, the partitions skipped with the reason, and a note when the features changed."""
     features_dir = root / cfg.features[features]  # type: ignore[index]
-    check_features(model, features_dir)
+    note = check_features(model, features_dir)
     card = model.card
     sets, skipped = [], {}
     for dataset, split in partitions(features_dir):
@@ -65,7 +68,7 @@ def build_test_sets(model: TrainedModel, cfg: EvaluateConfig, root: Path, featur
         data = read_partition(features_dir, features, dataset, split, card["sequence_length"])
         if own and split == "train":
             data = held_out(data, card["val_clips"], str(features_dir))
-        truth, strength, unknown = map_labels(model, data, dataset, cfg, root)
+        truth, strength, unknown = map_labels(model, data.clip_ids, data.clip_tags, dataset, cfg, root)
         if own and unknown:
             bad = sorted({t for c in unknown for t in data.clip_tags[data.clip_ids.index(c)]} - set(model.classes))
             raise EvaluationError(f"{model.source}: the {dataset} clips carry labels {bad} that the model's vocabulary "
@@ -79,16 +82,21 @@ def build_test_sets(model: TrainedModel, cfg: EvaluateConfig, root: Path, featur
         test = TestSet(key, dataset, title, take_clips(data, np.flatnonzero(keep)), truth[keep], strength[keep],
                        without_shared_label=[data.clip_ids[i] for i in np.flatnonzero(~keep)])  # fmt: skip
         if not (own and split == "train"):
-            test.without_slices = clips_without_slices(root / cfg.raw_dir, features_dir, dataset, split, data)
+            missing = clips_without_slices(root / cfg.raw_dir, features_dir, dataset, split, data)
+            shared = map_labels(model, [m["clip_id"] for m in missing], [m.pop("tags") for m in missing], dataset,
+                                cfg, root)[0].any(1)  # fmt: skip
+            test.without_slices = [m for m, keep in zip(missing, shared, strict=True) if keep]
+            test.without_shared_label += [m["clip_id"] for m, keep in zip(missing, shared, strict=True) if not keep]
         sets.append(test)
     if not sets:
         why = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or f"{features_dir} has no partitions"
         raise EvaluationError(f"{model.source}: no test set to evaluate on ({why})")
-    return sets, skipped
+    return sets, skipped, note
 
 
-def check_features(model: TrainedModel, features_dir: Path) -> None:
-    """The features must come from the front end the model learned from."""
+def check_features(model: TrainedModel, features_dir: Path) -> str:
+    """The features must come from the front end the model learned from; other changes (more datasets, another
+    slicing) are noted, since the held-out clips are checked one by one."""
     try:
         metadata = read_metadata(features_dir)
     except Exception as exc:
@@ -97,6 +105,11 @@ def check_features(model: TrainedModel, features_dir: Path) -> None:
     if learned and metadata.get("frontend") != learned:
         raise EvaluationError(f"{model.source} learned from features with front end {learned}, but {features_dir} "
                               f"holds {metadata.get('frontend')}: rerun the features or train again")  # fmt: skip
+    learned_hash = model.card["features"].get("params_hash")
+    if learned_hash and metadata.get("params_hash") != learned_hash:
+        return (f"the features' parameters changed since training (params hash {learned_hash} then, "
+                f"{metadata.get('params_hash')} now): same front end, but datasets or slicing may differ")
+    return ""
 
 
 def held_out(data: ClipData, val_clips: list[str], where: str) -> ClipData:
@@ -122,17 +135,17 @@ def take_clips(data: ClipData, clips: np.ndarray) -> ClipData:
                     [data.clip_tags[i] for i in clips], data.row_start[rows], data.row_end[rows])  # fmt: skip
 
 
-def map_labels(model: TrainedModel, data: ClipData, dataset: str, cfg: EvaluateConfig, root: Path,
-               ) -> tuple[np.ndarray, np.ndarray, list[str]]:  # fmt: skip
+def map_labels(model: TrainedModel, clip_ids: list[str], clip_tags: list[list[str]], dataset: str,
+               cfg: EvaluateConfig, root: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:  # fmt: skip
     """Truth and strength (clips x model classes), and the clips carrying a label the model does not know."""
     classes, vocabulary = model.classes, model.card["dataset"]
-    n = data.n_clips
+    n = len(clip_ids)
     strength = np.full((n, len(classes)), np.nan)
     if dataset == "cal500":
-        tags, strength = cal500_labels(root / cfg.raw_dir / "cal500", data.clip_ids, vocabulary, classes)
+        tags, strength = cal500_labels(root / cfg.raw_dir / "cal500", clip_ids, vocabulary, classes)
     else:
         mapping = cfg.label_map.get(dataset, {}).get(vocabulary, {}) if dataset != vocabulary else {}
-        tags = [[mapping.get(t, t) for t in clip] for clip in data.clip_tags]
+        tags = [[mapping.get(t, t) for t in clip] for clip in clip_tags]
     position = {c: i for i, c in enumerate(classes)}
     truth = np.zeros((n, len(classes)), bool)
     unknown = []
@@ -140,15 +153,16 @@ def map_labels(model: TrainedModel, data: ClipData, dataset: str, cfg: EvaluateC
         for label in labels:
             if label in position:
                 truth[c, position[label]] = True
-            elif data.clip_ids[c] not in unknown:
-                unknown.append(data.clip_ids[c])
+            elif clip_ids[c] not in unknown:
+                unknown.append(clip_ids[c])
     return truth, strength, unknown
 
 
 def cal500_labels(store: Path, clip_ids: list[str], vocabulary: str, classes: list[str],
                   ) -> tuple[list[list[str]], np.ndarray]:  # fmt: skip
     """CAL500 songs' labels in a training vocabulary, and each label's soft annotation (the strongest of the
-    tags that assert it): the rank-aware score's strength."""
+    tags that assert it): the rank-aware score's strength. A label no CAL500 tag asserts (RAVDESS neutral,
+    fearful) has strength 0: a song can never carry it."""
     manifest_path, mapping_path = store / "manifest.parquet", store / "vocabularies.json"
     for path in (manifest_path, mapping_path, store / "vocab.txt"):
         if not path.exists():
@@ -170,27 +184,26 @@ def cal500_labels(store: Path, clip_ids: list[str], vocabulary: str, classes: li
         tags.append(list(labels[r]))
         for k, label in enumerate(classes):
             asserting = [tag_index[t] for t in mapping[vocabulary].get(label, []) if t in tag_index]
-            if asserting:
-                strength[c, k] = max(soft[r][i] for i in asserting)
+            strength[c, k] = max((soft[r][i] for i in asserting), default=0.0)
     return tags, strength
 
 
 def clips_without_slices(raw_dir: Path, features_dir: Path, dataset: str, split: str,
-                         data: ClipData) -> list[dict[str, str]]:  # fmt: skip
-    """Clips of the raw store's partition that have no feature rows, with the features stage's reason."""
+                         data: ClipData) -> list[dict[str, Any]]:  # fmt: skip
+    """Clips of the raw store's partition that have no feature rows: id, the features stage's reason, and the
+    labels the store gives them (`tags`)."""
     manifest_path = raw_dir / dataset / "manifest.parquet"
     if not manifest_path.exists():
         return []
     manifest = pq.read_table(manifest_path)
-    ids = manifest.column("id").to_pylist()
-    if "split" in manifest.column_names:
-        ids = [i for i, s in zip(ids, manifest.column("split").to_pylist(), strict=True) if s == split]
+    ids, labels = manifest.column("id").to_pylist(), manifest.column("labels").to_pylist()
+    splits = manifest.column("split").to_pylist() if "split" in manifest.column_names else [split] * len(ids)
     present = set(data.clip_ids)
     reasons: dict[str, str] = {}
     failures_path = features_dir / FAILURES
     if failures_path.exists():
         failures = pq.read_table(failures_path).to_pylist()
         reasons = {f["id"]: f"{f['reason']}: {f['message']}" for f in failures}
-    return [{"clip_id": i, "reason": reasons.get(i, "no feature rows (not in the features' failures either)")}
-            for i in ids if i not in present]
+    return [{"clip_id": i, "tags": list(tags), "reason": reasons.get(i, "no feature rows (nor a features failure)")}
+            for i, tags, s in zip(ids, labels, splits, strict=True) if s == split and i not in present]
 

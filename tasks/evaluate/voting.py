@@ -79,17 +79,6 @@ def decide(t: Tally, rule: str, share: float) -> np.ndarray:
     raise ValueError(f"unknown voting rule {rule!r}; rules: {', '.join(RULES)}")
 
 
-def label_sets(clip_labels: list[list[str]], classes: list[str]) -> np.ndarray:
-    """clips x classes: True where the clip carries that label (labels outside `classes` are ignored)."""
-    position = {c: i for i, c in enumerate(classes)}
-    out = np.zeros((len(clip_labels), len(classes)), bool)
-    for c, labels in enumerate(clip_labels):
-        for label in labels:
-            if label in position:
-                out[c, position[label]] = True
-    return out
-
-
 def correct_any(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """The study's rule: right when the predicted label is among the song's labels (abstaining is not)."""
     answered = pred != ABSTAIN
