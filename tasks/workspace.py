@@ -60,6 +60,8 @@ def airflow_env(home: Path, workspace: Path, admin_password: str = "admin") -> d
     """Environment for a self-contained Airflow: SQLite DB, LocalExecutor, loopback only."""
     home.mkdir(parents=True, exist_ok=True)
     passwords = home / "simple_auth_manager_passwords.json"
+    passwords.touch(mode=0o600)
+    passwords.chmod(0o600)  # the admin password: readable by its owner only, even where the file was there before
     passwords.write_text(f'{{"admin": "{admin_password}"}}\n')
     venv_bin = str(Path(sys.executable).parent)
     return {

@@ -208,6 +208,7 @@ def test_stop_loss_pauses_the_shard_instead_of_burning_the_list(setup: Setup) ->
     assert metrics["clips"] == 11
 
 
+@pytest.mark.slow
 def test_kill_mid_shard_leaves_no_partial_output_and_retry_refetches_nothing(
     params: dict, corpus: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:

@@ -11,6 +11,7 @@ from tasks.workspace import airflow_env
 
 from .conftest import PROJECT
 
+pytestmark = pytest.mark.slow  # each test starts Python processes that import Airflow (~10 s apiece)
 DAG_FILES = sorted(p for p in (PROJECT / "dags").glob("*.py") if p.name != "common.py")
 # Tasks that reach the network (sources, mirrors) must retry.
 NETWORK_TASKS = {"acquire_ravdess", "acquire_cal500", "select_audioset", "download_audioset_shard"}

@@ -110,6 +110,7 @@ def test_corrupt_audio_is_recorded_and_too_many_failures_fail_the_stage(params, 
     assert set(failures.reason) <= {"decode", "empty"} and (failures.stage == "acquire_ravdess").all()
 
 
+@pytest.mark.slow
 def test_killed_mid_shards_leaves_no_partial_output_and_rerun_skips_done(ravdess_zip: Path, tmp_path: Path) -> None:
     shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
     args = [sys.executable, "-m", "tasks", "acquire_ravdess", "--root", str(tmp_path),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tasks.workspace import AirflowServices
+from tasks.workspace import AirflowServices, airflow_env
 
 
 @pytest.fixture
@@ -95,3 +95,12 @@ def test_wait_healthy_wants_a_heartbeat_after_since(api_server, tmp_path: Path) 
     state["health"]["triggerer"] = {"status": None, "latest_triggerer_heartbeat": None}  # never started
     with pytest.raises(TimeoutError):
         services.wait_healthy(("triggerer",), timeout=1)
+
+
+def test_the_admin_password_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home/simple_auth_manager_passwords.json").write_text("{}")  # left by an earlier run, 0644
+    env = airflow_env(tmp_path / "home", tmp_path / "ws", admin_password="s3cret")
+    passwords = Path(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
+    assert passwords.stat().st_mode & 0o777 == 0o600
+    assert json.loads(passwords.read_text()) == {"admin": "s3cret"}
