@@ -24,6 +24,7 @@ from tasks.storage import (
     atomic_write_text,
     check_failure_share,
     fill_store,
+    shard_stamp,
     store_metrics,
     write_json,
 )
@@ -155,7 +156,9 @@ def acquire_cal500(cfg: AcquireCal500Config, root: Path) -> dict[str, Any]:
     kept, failures = select_songs(ann, cfg)
     log.info("cal500: %d songs annotated, %d kept by the %r filter", len(ann.songs), len(kept), cfg.filter_vocabulary)
 
-    store = RawStore(root / cfg.store.out_dir, "cal500", meta_schema(cfg))
+    # labels and metadata follow every parameter but where the archive comes from and how shards are cut
+    shaping = cfg.model_dump(mode="json", exclude={"download", "extract", "store"})
+    store = RawStore(root / cfg.store.out_dir, "cal500", meta_schema(cfg), shard_stamp(shaping, __file__))
     store.write_failures("parse", failures)
     atomic_write_text("\n".join(ann.vocab) + "\n", store.root / "vocab.txt")
     write_json(cfg.vocabularies, store.root / "vocabularies.json")  # what each labels_<vocabulary> column means

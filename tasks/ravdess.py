@@ -15,7 +15,16 @@ from tasks.audio import file_to_flac
 from tasks.config import AcquireRavdessConfig
 from tasks.fetch import fetch, sha256_file
 from tasks.progress import Tally
-from tasks.storage import Clip, Failure, RawStore, check_failure_share, fill_store, store_metrics, write_json
+from tasks.storage import (
+    Clip,
+    Failure,
+    RawStore,
+    check_failure_share,
+    fill_store,
+    shard_stamp,
+    store_metrics,
+    write_json,
+)
 
 log = logging.getLogger("tasks")
 
@@ -126,7 +135,8 @@ def acquire_ravdess(cfg: AcquireRavdessConfig, root: Path) -> dict[str, Any]:
     wanted = {s for s, n in names.items() if n.vocal_channel == cfg.vocal_channel and n.emotion in cfg.emotions}
     log.info("ravdess: %d files parsed, %d kept, %d unparseable", len(names), len(wanted), len(failures))
 
-    store = RawStore(root / cfg.store.out_dir, "ravdess", META_SCHEMA)
+    shaping = cfg.model_dump(mode="json", exclude={"download", "extract", "store"})
+    store = RawStore(root / cfg.store.out_dir, "ravdess", META_SCHEMA, shard_stamp(shaping, __file__))
     store.write_failures("parse", failures)
     tally = Tally("acquire_ravdess")
     tally.add("failed", len(failures), reason="bad_name" if failures else None)

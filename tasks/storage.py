@@ -14,6 +14,7 @@ rerun, so a killed task loses at most the shard it was writing, and never leaves
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -88,6 +89,39 @@ def log_failure(failure: Failure) -> None:
     log.warning("%s: clip %s failed%s: %s: %s", failure.stage, failure.id, tries, failure.reason, failure.message)
 
 
+STAMP_KEY = b"mood_pipeline"  # schema metadata: what a stored file was made from
+
+
+def stamped(table: pa.Table, stamp: dict[str, Any]) -> pa.Table:
+    """The table carrying `stamp` (the params, code and inputs that made it) in its schema metadata."""
+    return table.replace_schema_metadata({STAMP_KEY: json.dumps(stamp, sort_keys=True).encode()})
+
+
+def read_stamp(path: Path) -> dict[str, Any] | None:
+    """The stamp a Parquet file carries, or None when it has none or cannot be read."""
+    try:
+        raw = (pq.read_schema(path).metadata or {}).get(STAMP_KEY)
+        return json.loads(raw) if raw else None
+    except (OSError, ValueError, pa.ArrowInvalid):
+        return None
+
+
+def shard_stamp(params: dict[str, Any], stage_module: str) -> dict[str, str]:
+    """A raw store's stamp: the parameters that shape its shards (labels, metadata, acceptance), and the code
+    that writes them (the stage's module, decoding and this one)."""
+    here = Path(__file__).resolve().parent
+    return {"params": hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16],
+            "code": code_digest(Path(stage_module), here / "audio.py", here / "storage.py")}  # fmt: skip
+
+
+def code_digest(*paths: Path) -> str:
+    """A short hash of source files: a stored result made by other code is not reused."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0" + Path(path).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def temp_path(path: Path) -> Path:
     """Where a file is written before it is renamed into place; remove_partial_files knows the pattern."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -122,12 +156,18 @@ def failures_table(failures: Sequence[Failure]) -> pa.Table:
 
 
 class RawStore:
-    """One dataset directory of the raw clip store."""
+    """One dataset directory of the raw clip store.
 
-    def __init__(self, root: Path | str, dataset: str, meta_schema: pa.Schema) -> None:
+    `stamp` names what shapes a shard besides its ids (the params behind labels and metadata, the code);
+    both files of a shard carry it, and a shard whose stamp differs is not done: it is written again.
+    """
+
+    def __init__(self, root: Path | str, dataset: str, meta_schema: pa.Schema,
+                 stamp: dict[str, Any] | None = None) -> None:  # fmt: skip
         self.root = Path(root)
         self.dataset = dataset
         self.schema = pa.schema([*CLIP_SCHEMA, *meta_schema, AUDIO_FIELD])
+        self.stamp = stamp or {}
 
     @property
     def shards_dir(self) -> Path:
@@ -159,9 +199,18 @@ class RawStore:
             removed += 1
         return removed
 
-    def shard_done(self, index: int, ids: Sequence[str]) -> bool:
+    def shard_stamp(self, extra: dict[str, Any] | None) -> dict[str, Any]:
+        return {**self.stamp, **(extra or {})}
+
+    def shard_done(self, index: int, ids: Sequence[str], extra: dict[str, Any] | None = None) -> bool:
+        """Done when both files are there, hold exactly `ids` and carry the current stamp (plus `extra`)."""
         shard, failed = self.shard_path(index), self.shard_failures_path(index)
         if not (shard.exists() and failed.exists()):
+            return False
+        expected = self.shard_stamp(extra)
+        if read_stamp(shard) != expected or read_stamp(failed) != expected:
+            log.info("%s shard %s was made with other parameters or code; writing it again", self.dataset,
+                     shard.name)  # fmt: skip
             return False
         try:
             stored = pq.read_table(shard, columns=["id"]).column("id").to_pylist()
@@ -171,8 +220,10 @@ class RawStore:
             return False
         return sorted(stored + missing) == sorted(ids)
 
-    def write_shard(self, index: int, clips: Sequence[Clip], failures: Sequence[Failure]) -> None:
-        atomic_write_table(failures_table(failures), self.shard_failures_path(index))
+    def write_shard(self, index: int, clips: Sequence[Clip], failures: Sequence[Failure],
+                    extra: dict[str, Any] | None = None) -> None:  # fmt: skip
+        stamp = self.shard_stamp(extra)
+        atomic_write_table(stamped(failures_table(failures), stamp), self.shard_failures_path(index))
         rows = [self._row(c) for c in clips]
         # FLAC does not compress further: zstd only spent CPU on the audio, on writing (a shard of 16
         # CAL500-like songs: 308 -> 64 ms) and on every read by the feature stages. Nor does a
@@ -180,7 +231,7 @@ class RawStore:
         metadata = [f"{f.name}.list.element" if pa.types.is_list(f.type) else f.name for f in self.schema
                     if f.name != "audio"]  # fmt: skip
         compression = {**dict.fromkeys(metadata, "zstd"), "audio": "none"}
-        table = pa.Table.from_pylist(rows, schema=self.schema)
+        table = stamped(pa.Table.from_pylist(rows, schema=self.schema), stamp)
         atomic_write_table(table, self.shard_path(index), 64, compression, use_dictionary=metadata)
 
     def write_failures(self, name: str, failures: Sequence[Failure]) -> None:
@@ -212,12 +263,12 @@ class RawStore:
         columns = [n for n in self.schema.names if n != "audio"]
         parts = []
         for index in range(n_shards):
-            part = pq.read_table(self.shard_path(index), columns=columns)
+            part = pq.read_table(self.shard_path(index), columns=columns).replace_schema_metadata(None)
             parts.append(part.append_column("shard", pa.array([self.shard_path(index).name] * len(part))))
         manifest_schema = pa.schema([*self.schema.remove(self.schema.get_field_index("audio")),
                                      ("shard", pa.string())])  # fmt: skip
         manifest = pa.concat_tables(parts) if parts else manifest_schema.empty_table()
-        failures = [pq.read_table(p) for p in sorted(self.failures_dir.glob("*.parquet"))]
+        failures = [pq.read_table(p).replace_schema_metadata(None) for p in sorted(self.failures_dir.glob("*.parquet"))]
         failed = pa.concat_tables(failures) if failures else FAILURE_SCHEMA.empty_table()
         atomic_write_table(manifest, self.manifest_path)
         atomic_write_table(failed, self.failures_path)

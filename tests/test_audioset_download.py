@@ -327,3 +327,22 @@ def test_structured_errors_and_retry_after_forms() -> None:
     assert retry_after("120") == 120.0 and retry_after(None) is None and retry_after("soon") is None
     later = format_datetime(datetime.now(UTC) + timedelta(seconds=90), usegmt=True)
     assert 80 < retry_after(later) <= 90
+
+
+def test_relabelled_clips_are_rewritten_from_the_stored_audio_without_a_request(setup: Setup) -> None:
+    """A shard is done only when its rows match the selection's labels too: a new label (here set in the
+    selection by hand, as a changed mapping or multi_label rule would) rewrites the shard from its stored audio."""
+    cfg = setup.cfg()
+    acquire_audioset(cfg, setup.root)
+    n = setup.media_requests()
+    selection_path = setup.root / cfg.selection
+    selection = pq.read_table(selection_path)
+    labels = selection.column("labels").to_pylist()
+    relabelled = selection.column("id").to_pylist()[0]
+    labels[0] = sorted({*labels[0], "scary"})
+    pq.write_table(selection.set_column(selection.column_names.index("labels"), "labels",
+                                        pa.array(labels, pa.list_(pa.string()))), selection_path)  # fmt: skip
+    acquire_audioset(cfg, setup.root)
+    assert setup.media_requests() == n
+    stored = {r["id"]: r["labels"] for r in read(setup.root, "manifest.parquet")}
+    assert stored[relabelled] == labels[0]

@@ -130,3 +130,22 @@ def test_full_length_songs_are_stored_whole(params: dict, tmp_path: Path) -> Non
     assert metrics["clips"] == 1
     manifest = pq.read_table(tmp_path / "data/raw/cal500/manifest.parquet").to_pylist()
     assert abs(manifest[0]["duration_s"] - 200) < 0.2
+
+
+def test_a_changed_mapping_rewrites_stored_shards_in_place_as_a_fresh_run_would(
+        params: dict, cal500_archive: Path, tmp_path: Path) -> None:  # fmt: skip
+    """The Airflow path runs the stage where its outputs already are; a shard whose labels came from other
+    params must be written again, so it stores what `dvc repro` (outputs removed first) stores."""
+    acquire_cal500(cfg_for(params, cal500_archive), tmp_path / "in_place")
+    before = pq.read_table(tmp_path / "in_place/data/raw/cal500/manifest.parquet").to_pandas()
+    assert any("sad" in labels for labels in before.labels_audioset)
+    change = "acquire_cal500.vocabularies.audioset.sad=[]"  # the training filter (ravdess) keeps the same songs
+    acquire_cal500(cfg_for(params, cal500_archive, change), tmp_path / "in_place")
+    acquire_cal500(cfg_for(params, cal500_archive, change), tmp_path / "fresh")
+    in_place, fresh = (pq.read_table(tmp_path / d / "data/raw/cal500/manifest.parquet").to_pandas()
+                       for d in ("in_place", "fresh"))  # fmt: skip
+    assert list(in_place.id) == list(before.id)
+    assert not any("sad" in labels for labels in in_place.labels_audioset)
+    for column in ("id", "labels", "labels_audioset", "labels_ravdess", "sha256"):
+        assert [list(v) if not isinstance(v, str) else v for v in in_place[column]] == \
+            [list(v) if not isinstance(v, str) else v for v in fresh[column]], column  # fmt: skip

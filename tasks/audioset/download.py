@@ -13,6 +13,7 @@ clip of the shard is stored or has failed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -50,6 +51,7 @@ from tasks.storage import (
     check_failure_share,
     log_failure,
     plan_shards,
+    shard_stamp,
     store_metrics,
     write_json,
 )
@@ -315,7 +317,13 @@ def _meta(job: Job) -> dict[str, Any]:
 
 
 def _store(cfg: AcquireAudiosetConfig, root: Path) -> RawStore:
-    return RawStore(root / cfg.store.out_dir, DATASET, META_SCHEMA)
+    return RawStore(root / cfg.store.out_dir, DATASET, META_SCHEMA, shard_stamp(_keys(cfg), __file__))
+
+
+def _rows_stamp(jobs: dict[str, Job], ids: list[str]) -> dict[str, str]:
+    """What a shard's rows say besides their audio: labels and metadata, which the selection may change."""
+    rows = [[i, jobs[i].labels, _meta(jobs[i])] for i in ids]
+    return {"rows": hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]}
 
 
 def _keys(cfg: AcquireAudiosetConfig) -> dict[str, Any]:
@@ -414,7 +422,7 @@ def download_shard(cfg: AcquireAudiosetConfig, root: Path, index: int, creds: Cr
     stored = _stored_clips(store, index, wanted)
     old_failures = {i: f for i, f in _failures(store, index).items() if i in wanted}
     transient = [i for i, f in old_failures.items() if not _is_permanent(f.reason)]
-    if store.shard_done(index, ids) and not transient:
+    if store.shard_done(index, ids, _rows_stamp(jobs, ids)) and not transient:
         tally.add("skipped", len(ids))
         log.info(tally.summary())
         return dict(tally.counts)
@@ -437,7 +445,8 @@ def download_shard(cfg: AcquireAudiosetConfig, root: Path, index: int, creds: Cr
             left = len(ids) - len(clips) - len(failures)
             raise ShardPaused(f"{STAGE}: shard {index} stopped by the stop-loss after persistent rate limiting; "
                               f"{left} clips left for a later run; the {len(clips)} fetched are kept")  # fmt: skip
-        store.write_shard(index, [clips[i] for i in sorted(clips)], [failures[i] for i in sorted(failures)])
+        store.write_shard(index, [clips[i] for i in sorted(clips)], [failures[i] for i in sorted(failures)],
+                          _rows_stamp(jobs, ids))  # fmt: skip
         state.unstage(clips)
     finally:
         state.close()
@@ -498,7 +507,7 @@ def finalize_audioset(cfg: AcquireAudiosetConfig, root: Path) -> dict[str, Any]:
     jobs = _jobs(cfg, root)
     plan = _plan(cfg, jobs)
     store = _store(cfg, root)
-    missing = [i for i, ids in enumerate(plan) if not store.shard_done(i, ids)]
+    missing = [i for i, ids in enumerate(plan) if not store.shard_done(i, ids, _rows_stamp(jobs, ids))]
     if missing:
         raise StageFailed(f"{STAGE}: shards {missing} are not complete (stopped by the stop-loss or failed); "
                           "rerun to resume them: nothing fetched so far is lost")  # fmt: skip

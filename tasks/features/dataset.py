@@ -36,17 +36,20 @@ import torch
 from tasks.errors import PipelineError
 from tasks.storage import (
     FAILURE_SCHEMA,
+    STAMP_KEY,
     Failure,
     StageFailed,
     atomic_write_table,
     failures_table,
+    read_stamp,
+    stamped,
     temp_path,
     write_json,
 )
 
 log = logging.getLogger("tasks")
 
-META_KEY = b"mood_pipeline"
+META_KEY = STAMP_KEY
 SHARDS = "_shards"
 FAILURES = "_failures.parquet"
 METADATA = "_dataset.json"
@@ -217,7 +220,9 @@ class FeatureStore:
         if not marker.exists():
             return False
         try:
-            stamp = json.loads(pq.read_schema(marker).metadata[META_KEY])
+            stamp = read_stamp(marker)
+            if stamp is None:
+                return False
             for rel, rows in stamp["files"].items():
                 if pq.read_metadata(self.root / rel).num_rows != rows:
                     return False
@@ -341,8 +346,7 @@ class ShardWriter:
         for rel in self.files:
             os.replace(temp_path(self.store.root / rel), self.store.root / rel)
         stamp = {**self.store.stamp(self.shard), "files": self.files}
-        marker = failures_table(failures).replace_schema_metadata({META_KEY: json.dumps(stamp).encode()})
-        atomic_write_table(marker, self.store.marker_path(self.shard))
+        atomic_write_table(stamped(failures_table(failures), stamp), self.store.marker_path(self.shard))
 
 
 def read_metadata(root: Path) -> dict[str, Any]:
