@@ -10,7 +10,7 @@ APT_PACKAGES := ffmpeg sox git chromium
 # This machine's pip config lists local indexes that may be absent; their warnings are noise.
 PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location 'file://" || true; }
 
-.PHONY: all test test-fast lint demo bench bench-cv bench-eval apt venv plots-template clean
+.PHONY: all test test-fast lint demo bench bench-cv bench-eval apt venv plots-template clean clean-downloads
 all: test
 
 apt:
@@ -59,5 +59,13 @@ plots-template:
 	  $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q --no-install-recommends npm >/dev/null; }
 	python3 scripts/dvc_plots_template.py
 
+# What the pipeline computed, and the demo; what was fetched stays: the raw clip stores (data/raw), the
+# source archives and weights (.cache/downloads), AudioSet's staged clips and remembered failures
+# (.cache/audioset: days of YouTube requests), and the DVC remote that holds their pushed copies.
 clean:
-	rm -rf .demo .cache data .dvc-remote models plots reports
+	rm -rf .demo data/features data/audioset models metrics plots reports .cache/train .cache/evaluate \
+	  .cache/gpu-locks
+
+# Everything fetched (not the DVC remote's copies): the next run downloads it again.
+clean-downloads:
+	rm -rf data/raw .cache/downloads .cache/audioset
