@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 import requests
 from tqdm import tqdm
@@ -18,6 +19,27 @@ from tasks.errors import PipelineError
 
 log = logging.getLogger("tasks")
 CHUNK = 1 << 16
+# Query parameters that carry credentials on internal mirrors and signed URLs (S3, GCS, Azure SAS).
+SECRET_PARAM = re.compile(r"token|key|sig|secret|pass|auth|credential|session|x-amz-|x-goog-", re.IGNORECASE)
+URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact(url: str) -> str:
+    """The URL as logs, errors and metrics may show it: no user:password@, no secret query values."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    netloc = f"***@{parts.netloc.rsplit('@', 1)[1]}" if "@" in parts.netloc else parts.netloc
+    query = "&".join(f"{name}=***" if sep and SECRET_PARAM.search(name) else f"{name}{sep}{value}"
+                     for name, sep, value in (field.partition("=") for field in parts.query.split("&")) if name
+                     )  # fmt: skip
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_text(text: str) -> str:
+    """Every URL inside a message (an exception's text, a tool's output) redacted."""
+    return URL_IN_TEXT.sub(lambda m: redact(m.group()), text)
 
 
 class FetchError(PipelineError):
@@ -28,7 +50,7 @@ class HttpStatusError(FetchError):
     """The server answered with an error status."""
 
     def __init__(self, url: str, status: int, reason: str) -> None:
-        super().__init__(f"{url}: HTTP {status} {reason}")
+        super().__init__(f"{redact(url)}: HTTP {status} {reason}")
         self.status = status
 
     @property
@@ -52,7 +74,8 @@ def local_path(url: str) -> Path | None:
     if parsed.scheme == "file":
         return Path(unquote(parsed.path))
     if parsed.scheme and len(parsed.scheme) > 1:
-        raise FetchError(f"{url}: unsupported URL scheme {parsed.scheme!r} (use http(s)://, file:// or a path)")
+        raise FetchError(f"{redact(url)}: unsupported URL scheme {parsed.scheme!r} (use http(s)://, file:// or a "
+                         "path)")  # fmt: skip
     return Path(url)
 
 
@@ -83,7 +106,7 @@ def _http_download(url: str, part: Path, timeout: float) -> None:
                 fh.write(chunk)
                 bar.update(len(chunk))
     if total is not None and part.stat().st_size < total:
-        raise FetchError(f"{url}: connection closed after {part.stat().st_size} of {total} bytes")
+        raise FetchError(f"{redact(url)}: connection closed after {part.stat().st_size} of {total} bytes")
 
 
 def fetch(cfg: DownloadConfig, root: Path) -> Path:
@@ -91,7 +114,7 @@ def fetch(cfg: DownloadConfig, root: Path) -> Path:
     src = local_path(cfg.url)
     if src is not None:
         if not src.is_file():
-            raise FetchError(f"{cfg.url}: no such file")
+            raise FetchError(f"{redact(cfg.url)}: no such file")
         verify(src, cfg.sha256, cfg.url)
         return src
     cache = (root / cfg.cache_dir).resolve()
@@ -108,9 +131,11 @@ def fetch(cfg: DownloadConfig, root: Path) -> Path:
             break
         except (requests.RequestException, FetchError) as exc:
             if attempt == cfg.attempts or (isinstance(exc, HttpStatusError) and not exc.transient):
-                raise FetchError(f"{cfg.url}: download failed after {attempt} attempt(s): {exc}") from exc
+                raise FetchError(f"{redact(cfg.url)}: download failed after {attempt} attempt(s): "
+                                 f"{redact_text(str(exc))}") from None  # the chained error would show the URL
             wait = min(2.0**attempt, 30.0)
-            log.warning("%s: attempt %d failed (%s); resuming in %.0f s", cfg.url, attempt, exc, wait)
+            log.warning("%s: attempt %d failed (%s); resuming in %.0f s", redact(cfg.url), attempt,
+                        redact_text(str(exc)), wait)  # fmt: skip
             time.sleep(wait)
     try:
         verify(part, cfg.sha256, cfg.url)
@@ -123,6 +148,7 @@ def fetch(cfg: DownloadConfig, root: Path) -> Path:
 
 
 def verify(path: Path, sha256: str | None, url: str) -> None:
+    url = redact(url)
     if path.stat().st_size == 0:
         raise FetchError(f"{url}: downloaded file is empty")
     if sha256 is None:

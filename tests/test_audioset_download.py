@@ -346,3 +346,13 @@ def test_relabelled_clips_are_rewritten_from_the_stored_audio_without_a_request(
     assert setup.media_requests() == n
     stored = {r["id"]: r["labels"] for r in read(setup.root, "manifest.parquet")}
     assert stored[relabelled] == labels[0]
+
+
+def test_a_signed_url_template_leaves_no_secret_in_the_store(setup: Setup, caplog: pytest.LogCaptureFixture) -> None:
+    template = f"{setup.server.url}/{MEDIA_DIR}/{{ytid}}.{MEDIA_EXT}?download=1&token=s3cr3t"
+    acquire_audioset(setup.cfg(f"acquire_audioset.url_template={template}"), setup.root)
+    assert any(r is None and p.startswith(f"/{MEDIA_DIR}/") for p, r in setup.server.requests)
+    stored = [*read(setup.root, "manifest.parquet"), *read(setup.root, "failures.parquet")]
+    assert any("token=***" in r["source"] for r in stored)
+    assert not [r for r in stored if "s3cr3t" in str(r)]  # sources and failure messages alike
+    assert "s3cr3t" not in caplog.text

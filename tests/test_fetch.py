@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from tasks.config import DownloadConfig
-from tasks.fetch import FetchError, cache_name, fetch
+from tasks.fetch import FetchError, cache_name, fetch, redact, redact_text
 from tasks.mirror.server import Fault, MirrorServer
 
 PAYLOAD = os.urandom(3_000_000)
@@ -105,3 +105,18 @@ def test_mirror_serves_ranges_like_a_real_server(server: MirrorServer) -> None:
     limited = requests.get(url, timeout=5)
     assert limited.status_code == 429 and limited.headers["Retry-After"] == "7"
     assert requests.get(url, timeout=5).content == PAYLOAD  # the fault was consumed
+
+
+def test_credentials_in_source_urls_never_reach_messages_or_logs(
+        server: MirrorServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    host = server.url.removeprefix("http://")
+    url = f"http://mirror-user:hunter2@{host}/missing.zip?download=1&token=s3cr3t&X-Amz-Signature=abc123"
+    assert redact(url) == f"http://***@{host}/missing.zip?download=1&token=***&X-Amz-Signature=***"
+    assert redact_text(f"fetching {url} failed") == f"fetching {redact(url)} failed"
+    with pytest.raises(FetchError) as failure:
+        fetch(cfg(url), tmp_path)
+    shown = str(failure.value) + "\n" + caplog.text
+    assert "/missing.zip" in str(failure.value) and "HTTP 404" in str(failure.value)
+    for secret in ("hunter2", "s3cr3t", "abc123", "mirror-user"):
+        assert secret not in shown
+    assert [p for p, _ in server.requests] == ["/missing.zip"]  # the credentials still went to the server

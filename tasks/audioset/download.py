@@ -41,6 +41,7 @@ from tasks.audioset.lists import InvalidId, check_ytid
 from tasks.audioset.select import read_selection
 from tasks.audioset.state import DownloadState, fingerprint
 from tasks.config import AcquireAudiosetConfig, CredentialsConfig
+from tasks.fetch import redact, redact_text
 from tasks.progress import Tally, track
 from tasks.storage import (
     Clip,
@@ -178,7 +179,7 @@ class _YtdlpLog:
         self.creds = creds
 
     def debug(self, msg: str) -> None:
-        log.debug("yt-dlp: %s", self.creds.redact(msg))
+        log.debug("yt-dlp: %s", redact_text(self.creds.redact(msg)))
 
     info = warning = error = debug
 
@@ -245,7 +246,8 @@ def fetch_section(cfg: AcquireAudiosetConfig, job: Job, creds: Credentials, scra
             raise
         except Exception as exc:  # yt-dlp raises DownloadError, or a bare TransportError from some paths
             problem = classify(exc)
-            raise ClipProblem(Problem(problem.reason, creds.redact(problem.message), problem.retry_after)) from exc
+            message = redact_text(creds.redact(problem.message))  # cookies, proxy and any secret in the URL
+            raise ClipProblem(Problem(problem.reason, message, problem.retry_after)) from None
         out = workdir / "clip.wav"
         if not out.exists():
             raise ClipProblem(Problem("postprocessing", "yt-dlp finished but wrote no audio file"))
@@ -283,7 +285,7 @@ class ShardDownloader:
     def clip(self, job: Job) -> Clip | Failure:
         source = "selection"
         try:
-            source = self.cfg.url_template.format(ytid=check_ytid(job.ytid))
+            source = redact(self.cfg.url_template.format(ytid=check_ytid(job.ytid)))  # stored in manifest, failures
         except InvalidId as exc:
             return Failure(job.id, source, STAGE, "invalid_id", str(exc), 0)
         for attempt in range(1, self.cfg.attempts + 1):
@@ -428,7 +430,7 @@ def download_shard(cfg: AcquireAudiosetConfig, root: Path, index: int, creds: Cr
         return dict(tally.counts)
     state = _state(cfg, root)
     try:
-        clips = {i: Clip(i, flac, jobs[i].labels, cfg.url_template.format(ytid=jobs[i].ytid), _meta(jobs[i]))
+        clips = {i: Clip(i, flac, jobs[i].labels, redact(cfg.url_template.format(ytid=jobs[i].ytid)), _meta(jobs[i]))
                  for i, flac in {**state.staged(ids), **stored}.items()}  # fmt: skip
         failures = {i: f for i, f in {**old_failures, **state.remembered(ids)}.items()
                     if i not in clips and _is_permanent(f.reason)}  # fmt: skip

@@ -30,7 +30,7 @@ from tasks.errors import PipelineError
 from tasks.features.dataset import Block, FeatureStore, InputShard, code_version, params_hash
 from tasks.features.frontend import Spectrogram, load_audio
 from tasks.features.stage import build_features, resolve_device
-from tasks.fetch import fetch, sha256_file
+from tasks.fetch import fetch, redact, sha256_file
 
 log = logging.getLogger("tasks")
 STAGE = "features_vggish"
@@ -115,7 +115,7 @@ def fetch_weights(cfg: DownloadConfig, root: Path, what: str) -> tuple[Path, str
     digest = sha256_file(path)
     match = HUB_HASH.search(Path(unquote(urlparse(cfg.url).path)).name)
     if cfg.sha256 is None and match and not digest.startswith(match.group(1)):
-        raise WeightsError(f"{what} {cfg.url}: sha256 {digest} does not start with {match.group(1)}, "
+        raise WeightsError(f"{what} {redact(cfg.url)}: sha256 {digest} does not start with {match.group(1)}, "
                            "the hash its name promises")  # fmt: skip
     return path, digest
 
@@ -167,7 +167,7 @@ def load_model(cfg: FeaturesVggishConfig, root: Path) -> tuple[VGGish, Postproce
         state = load_state(path, "VGGish weights")
         _matched(model, state, "VGGish weights", path)
         model.load_state_dict(state)
-        info["vggish"] = {"random": False, "url": cfg.weights.url, "sha256": digest}
+        info["vggish"] = {"random": False, "url": redact(cfg.weights.url), "sha256": digest}
     if cfg.pca_params is None:
         post = random_pca(cfg.seed)
         info["pca"] = {"random": True, "seed": cfg.seed, "used": cfg.pca}
@@ -181,7 +181,7 @@ def load_model(cfg: FeaturesVggishConfig, root: Path) -> tuple[VGGish, Postproce
             raise WeightsError(f"VGGish PCA parameters {path.name}: need pca_eigen_vectors 128x128 and pca_means "
                                f"of 128 values, got {shapes}")  # fmt: skip
         post = Postprocessor(matrix, means.reshape(-1))
-        info["pca"] = {"random": False, "url": cfg.pca_params.url, "sha256": digest, "used": cfg.pca}
+        info["pca"] = {"random": False, "url": redact(cfg.pca_params.url), "sha256": digest, "used": cfg.pca}
     return model.eval(), post, info
 
 
