@@ -110,8 +110,13 @@ def shard_stamp(params: dict[str, Any], stage_module: str) -> dict[str, str]:
     """A raw store's stamp: the parameters that shape its shards (labels, metadata, acceptance), and the code
     that writes them (the stage's module, decoding and this one)."""
     here = Path(__file__).resolve().parent
-    return {"params": hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16],
-            "code": code_digest(Path(stage_module), here / "audio.py", here / "storage.py")}  # fmt: skip
+    return {"params": params_hash(params), "code": code_digest(Path(stage_module), here / "audio.py",
+                                                               here / "storage.py")}  # fmt: skip
+
+
+def params_hash(section: dict[str, Any]) -> str:
+    """A short hash of a params section (key order does not matter)."""
+    return hashlib.sha256(json.dumps(section, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def code_digest(*paths: Path) -> str:

@@ -1,4 +1,5 @@
-"""Small feature datasets written with the feature stages' own writer, for training tests."""
+"""Feature datasets for training and evaluation tests: small ones written with the feature stages' own
+writer, and whole workspaces whose features the real stages computed from a generated corpus."""
 
 from __future__ import annotations
 
@@ -7,8 +8,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from tasks.cli import run_stage
 from tasks.features.dataset import Block, FeatureStore, InputShard, ShardWriter
+from tasks.mirror.cli import CorpusSpec, build_corpus, mirror_overrides
+from tasks.mirror.server import MirrorServer
+from tasks.workspace import make_workspace
 
+FEATURE_STAGES = ("acquire_ravdess", "acquire_cal500", "select_audioset", "acquire_audioset", "features_slices",
+                  "features_vggish")  # fmt: skip
 HOP = 500
 SIZE = 16  # bands = frames of the test slices (the stage's are 128)
 
@@ -36,3 +43,14 @@ def write_slices(root: Path, clips: list[tuple[str, str, int]], seed: int = 0, d
     writer.commit([])
     store.finalize([shard])
     return root
+
+
+def corpus_workspace(root: Path, spec: CorpusSpec, overrides: list[str]) -> Path:
+    """A workspace (root/ws) whose raw stores and features the real stages made from `spec`'s corpus, served
+    from a loopback mirror while they ran."""
+    files = build_corpus(root / "mirror", spec)
+    with MirrorServer(root / "mirror") as mirror:
+        ws = make_workspace(root / "ws", [*mirror_overrides(mirror.url, files), *overrides])
+        for stage in FEATURE_STAGES:
+            run_stage(stage, ws)
+    return ws

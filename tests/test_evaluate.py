@@ -17,9 +17,9 @@ import pytest
 from tasks.cli import run_stage
 from tasks.evaluate.model import EvaluationError
 from tasks.evaluate.report import fmt
-from tasks.mirror.cli import CorpusSpec, build_corpus, mirror_overrides
-from tasks.mirror.server import MirrorServer
-from tasks.workspace import make_workspace
+from tasks.mirror.cli import CorpusSpec
+
+from .features_fixture import corpus_workspace
 
 pytestmark = pytest.mark.slow
 SPEC = CorpusSpec(seed=5, ravdess_actors=(1, 2, 3), ravdess_seconds=(3.8, 5.0), cal500_songs=4,
@@ -31,26 +31,20 @@ MODELS = {"cnn_ravdess": "spectrogram", "stats_ravdess": "spectrogram", "logreg_
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str) -> Path:
-    root = tmp_path_factory.mktemp("evaluate")
-    files = build_corpus(root / "mirror", SPEC)
-    with MirrorServer(root / "mirror") as mirror:
-        ws = make_workspace(root / "ws", [*mirror_overrides(mirror.url, files),
-                                          f"train.common.tracking_uri={mlflow_server}",
-                                          f"evaluate.tracking_uri={mlflow_server}",
-                                          f"train.models.spectrogram.cnn_ravdess.split={FOLDS}",
-                                          f"train.models.spectrogram.stats_ravdess.split={FOLDS}",
-                                          "train.models.audioset.logreg_audioset.split.k=3",
-                                          "train.models.audioset.lstm1_audioset.split.k=3",
-                                          "train.architectures.small_cnn.epochs=20",
-                                          "train.architectures.lstm1.epochs=10",
-                                          "train.architectures.logreg.epochs=10",
-                                          # every dataset in both feature sets: the cross-dataset matrix
-                                          "features_slices.datasets=[ravdess, cal500, audioset]",
-                                          "features_vggish.datasets=[audioset, cal500]",
-                                          "features_vggish.default_splits={cal500: test}"])  # fmt: skip
-        for stage in ("acquire_ravdess", "acquire_cal500", "select_audioset", "acquire_audioset", "features_slices",
-                      "features_vggish"):  # fmt: skip
-            run_stage(stage, ws)
+    ws = corpus_workspace(tmp_path_factory.mktemp("evaluate"), SPEC, [
+        f"train.common.tracking_uri={mlflow_server}",
+        f"evaluate.tracking_uri={mlflow_server}",
+        f"train.models.spectrogram.cnn_ravdess.split={FOLDS}",
+        f"train.models.spectrogram.stats_ravdess.split={FOLDS}",
+        "train.models.audioset.logreg_audioset.split.k=3",
+        "train.models.audioset.lstm1_audioset.split.k=3",
+        "train.architectures.small_cnn.epochs=20",
+        "train.architectures.lstm1.epochs=10",
+        "train.architectures.logreg.epochs=10",
+        # every dataset in both feature sets: the cross-dataset matrix
+        "features_slices.datasets=[ravdess, cal500, audioset]",
+        "features_vggish.datasets=[audioset, cal500]",
+        "features_vggish.default_splits={cal500: test}"])  # fmt: skip
     for name, study in MODELS.items():
         run_stage(f"train_{study}@{name}", ws)
         run_stage(f"evaluate_{study}@{name}", ws)
@@ -116,8 +110,10 @@ def test_small_cnn_votes_well_above_chance_and_traces_slices_to_audio(workspace:
     html = (folder / "report.html").read_text()
     assert html.count('class="confusion"') == 2 * len(metrics["test_sets"])  # counts and row-normalised
     assert "http://" not in html.split("<h2>Regenerate")[0]
-    if "Worst-classified" in html:
-        assert "data:audio/mpeg;base64," in html
+    # some model gets songs wrong (RAVDESS-trained nets on AudioSet, at least): each such report plays them
+    reports = [(workspace / "reports/models" / name / "report.html").read_text() for name in MODELS]
+    with_worst = [text for text in reports if "Worst-classified" in text]
+    assert with_worst and all("data:audio/mpeg;base64," in text for text in with_worst)
 
 
 def test_summary_fills_the_studies_tables_or_says_why(workspace: Path) -> None:

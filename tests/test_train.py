@@ -18,9 +18,9 @@ import torch
 import yaml
 
 from tasks.cli import run_stage
-from tasks.mirror.cli import CorpusSpec, build_corpus, mirror_overrides
-from tasks.mirror.server import MirrorServer
-from tasks.workspace import make_workspace
+from tasks.mirror.cli import CorpusSpec
+
+from .features_fixture import corpus_workspace
 
 pytestmark = pytest.mark.slow
 SPEC = CorpusSpec(seed=11, ravdess_actors=(1, 2, 3), ravdess_seconds=(3.8, 5.0), cal500_songs=2,
@@ -30,19 +30,12 @@ FOLDS = "{kind: actor_folds, k: 3, fold: 0}"
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str) -> Path:
-    root = tmp_path_factory.mktemp("train")
-    files = build_corpus(root / "mirror", SPEC)
-    with MirrorServer(root / "mirror") as mirror:
-        ws = make_workspace(root / "ws", [*mirror_overrides(mirror.url, files),
-                                          f"train.common.tracking_uri={mlflow_server}",
-                                          f"train.models.spectrogram.cnn_ravdess.split={FOLDS}",
-                                          f"train.models.spectrogram.stats_ravdess.split={FOLDS}",
-                                          "train.models.audioset.logreg_audioset.split.k=3",
-                                          "train.models.audioset.lstm1_audioset.split.k=3"])  # fmt: skip
-        for stage in ("acquire_ravdess", "acquire_cal500", "select_audioset", "acquire_audioset", "features_slices",
-                      "features_vggish"):  # fmt: skip
-            run_stage(stage, ws)
-    return ws
+    return corpus_workspace(tmp_path_factory.mktemp("train"), SPEC, [
+        f"train.common.tracking_uri={mlflow_server}",
+        f"train.models.spectrogram.cnn_ravdess.split={FOLDS}",
+        f"train.models.spectrogram.stats_ravdess.split={FOLDS}",
+        "train.models.audioset.logreg_audioset.split.k=3",
+        "train.models.audioset.lstm1_audioset.split.k=3"])  # fmt: skip
 
 
 def client(uri: str):

@@ -148,6 +148,5 @@ def predict(model: TrainedModel, data: ClipData, device: torch.device) -> tuple[
         prob[:, fitted.classes_] = fitted.predict_proba(clip_statistics(data, clips))
         return prob, clips
     rows = np.arange(len(data.row_clip))
-    data.classes = model.classes  # predict_rows sizes an empty result by it
     prob = predict_rows(model.model.to(device), data, rows, device).numpy().astype(np.float64)
     return prob, data.row_clip

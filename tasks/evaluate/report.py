@@ -14,9 +14,9 @@ matplotlib.use("Agg")
 import jinja2
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 import pyarrow.dataset as pads
-from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
+
+from tasks.train.report import confusion
 
 STAGING = ".cache/evaluate"  # reports are built here, outside every DVC output and dependency, then renamed
 TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -38,21 +38,11 @@ TEMPLATES.filters["fmt"] = fmt
 def confusion_figures(truth: np.ndarray, pred: np.ndarray, classes: list[str], folder: Path, stem: str,
                       title: str) -> dict[str, Path]:  # fmt: skip
     """Counts and row-normalised matrices, as PNG and CSV (rows: actual, columns: predicted)."""
-    matrix = confusion_matrix(truth, pred, labels=np.arange(len(classes)))
-    rows = matrix.sum(1, keepdims=True)
-    normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
     out = {}
-    for kind, values in (("counts", matrix), ("normalised", normalised)):
-        csv = folder / f"{stem}_{kind}.csv"
-        pd.DataFrame(values, index=pd.Index(classes, name="actual"), columns=classes).to_csv(csv)
-        fig, ax = plt.subplots(figsize=(6, 5))
-        ConfusionMatrixDisplay(values, display_labels=classes).plot(ax=ax, colorbar=False, xticks_rotation=45,
-                                                                   values_format="d" if kind == "counts" else ".2f")
-        ax.set_title(f"{title} ({kind})")
-        fig.tight_layout()
-        fig.savefig(folder / f"{stem}_{kind}.png", dpi=90)
-        plt.close(fig)
+    for kind in ("counts", "normalised"):
         out[kind] = folder / f"{stem}_{kind}.png"
+        confusion(truth, pred, classes, out[kind], folder / f"{stem}_{kind}.csv", f"{title} ({kind})",
+                  normalise=kind == "normalised")  # fmt: skip
     return out
 
 

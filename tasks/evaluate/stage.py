@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -70,7 +69,7 @@ def evaluate_registry(cfg: EvaluateConfig, root: Path, item: str | None = None) 
     if not item:
         raise EvaluationError("evaluate_registry needs a model URI: python -m tasks "
                               "evaluate_registry@models:/mood-spectrogram-small-cnn@champion")  # fmt: skip
-    connect(cfg)
+    tracking.connect(cfg.tracking_uri)
     model = load_registry_model(item)
     name = f"{model.registered_model}-v{model.version}"
     reports = root / Path(cfg.reports_dir).parent / "adhoc"
@@ -78,21 +77,11 @@ def evaluate_registry(cfg: EvaluateConfig, root: Path, item: str | None = None) 
                                  dvc_outputs=False)}  # fmt: skip
 
 
-def connect(cfg: EvaluateConfig) -> str:
-    import mlflow
-
-    uri = tracking.tracking_uri(cfg.tracking_uri)
-    tracking.check_server(uri)
-    mlflow.set_tracking_uri(uri)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    return uri
-
-
 def evaluate_model(cfg: EvaluateConfig, root: Path, model: TrainedModel, name: str, command: str,
                    reports: Path | None = None, dvc_outputs: bool = True) -> dict[str, Any]:  # fmt: skip
     import mlflow
 
-    uri = connect(cfg)
+    uri = tracking.connect(cfg.tracking_uri)
     study = model.card["study"]
     features = STUDIES[study][0]
     tests, skipped, features_note = build_test_sets(model, cfg, root, features)

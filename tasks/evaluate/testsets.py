@@ -66,6 +66,7 @@ def build_test_sets(model: TrainedModel, cfg: EvaluateConfig, root: Path, featur
         else:
             key, title = f"{dataset}_{split}", f"{dataset} {split} clips"
         data = read_partition(features_dir, features, dataset, split, card["sequence_length"])
+        data.classes = model.classes  # the test set speaks the model's vocabulary (its truth columns)
         if own and split == "train":
             data = held_out(data, card["val_clips"], str(features_dir))
         truth, strength, unknown = map_labels(model, data.clip_ids, data.clip_tags, dataset, cfg, root)

@@ -40,6 +40,7 @@ from tasks.storage import (
     Failure,
     StageFailed,
     atomic_write_table,
+    code_digest,
     failures_table,
     read_stamp,
     stamped,
@@ -65,14 +66,7 @@ SHARED_CODE = [_HERE / "frontend.py", _HERE / "dataset.py", _HERE / "stage.py",
 
 
 def code_version(stage_module: str) -> str:
-    digest = hashlib.sha256()
-    for path in [Path(stage_module).resolve(), *SHARED_CODE]:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def params_hash(section: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(section, sort_keys=True).encode()).hexdigest()[:16]
+    return code_digest(Path(stage_module).resolve(), *SHARED_CODE)
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,10 @@ import torch
 
 from tasks.audio import FlacBytes
 from tasks.config import FeaturesSlicesConfig
-from tasks.features.dataset import Block, FeatureStore, InputShard, code_version, params_hash
+from tasks.features.dataset import Block, FeatureStore, InputShard, code_version
 from tasks.features.frontend import Spectrogram, isolate_vocals, load_audio
 from tasks.features.stage import build_features, resolve_device, torch_threads
+from tasks.storage import params_hash
 
 log = logging.getLogger("tasks")
 STAGE = "features_slices"

@@ -27,10 +27,11 @@ from torch import nn
 from tasks.audio import AudioError, FlacBytes
 from tasks.config import DownloadConfig, FeaturesVggishConfig
 from tasks.errors import PipelineError
-from tasks.features.dataset import Block, FeatureStore, InputShard, code_version, params_hash
+from tasks.features.dataset import Block, FeatureStore, InputShard, code_version
 from tasks.features.frontend import Spectrogram, load_audio
 from tasks.features.stage import build_features, resolve_device
 from tasks.fetch import fetch, redact, sha256_file
+from tasks.storage import params_hash
 
 log = logging.getLogger("tasks")
 STAGE = "features_vggish"

@@ -45,11 +45,16 @@ def learning_curves(history: list[dict[str, float]], path: Path, title: str) -> 
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], png: Path, csv: Path, title: str,
-              ) -> np.ndarray:  # fmt: skip
+              normalise: bool = False) -> np.ndarray:  # fmt: skip
+    """The confusion matrix (rows actual, columns predicted) as CSV and PNG; row-normalised on request."""
     matrix = confusion_matrix(y_true, y_pred, labels=np.arange(len(classes)))
+    if normalise:
+        rows = matrix.sum(1, keepdims=True)
+        matrix = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
     pd.DataFrame(matrix, index=pd.Index(classes, name="actual"), columns=classes).to_csv(csv)
     fig, ax = plt.subplots(figsize=(6, 5))
-    ConfusionMatrixDisplay(matrix, display_labels=classes).plot(ax=ax, colorbar=False, xticks_rotation=45)
+    ConfusionMatrixDisplay(matrix, display_labels=classes).plot(ax=ax, colorbar=False, xticks_rotation=45,
+                                                               values_format=".2f" if normalise else "d")
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(png, dpi=100)

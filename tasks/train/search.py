@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tasks.config import ArchConfig
-from tasks.features.dataset import params_hash
-from tasks.storage import atomic_write_text
+from tasks.storage import atomic_write_text, params_hash
 from tasks.train.loop import Checkpoint, FitResult
 
 if TYPE_CHECKING:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +24,8 @@ import numpy as np
 import torch
 
 from tasks.config import STUDIES, ArchConfig, ConfigError, ModelEntry, TrainConfig
-from tasks.features.dataset import params_hash
 from tasks.features.stage import resolve_device
-from tasks.storage import atomic_write_text, write_json
+from tasks.storage import atomic_write_text, params_hash, write_json
 from tasks.train import report, tracking
 from tasks.train.data import ClipData, Split, clip_statistics, load_clips, split_clips
 from tasks.train.gpu import claim_gpu, pinned, visible_gpus
@@ -111,10 +109,7 @@ def train_model(job: Job) -> dict[str, Any]:
     split = split_clips(data, job.entry.split, job.what)
     log.info("%s: %s on %s/%s: %s (%d classes)", job.what, job.entry.arch, job.features_dir, job.entry.dataset,
              split.describe(), len(classes))  # fmt: skip
-    uri = tracking.tracking_uri(common.tracking_uri)
-    tracking.check_server(uri)
-    mlflow.set_tracking_uri(uri)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    tracking.connect(common.tracking_uri)
     stamp = training_stamp(job, data, split)
     run_file = job.checkpoint_dir / "run.json"
     previous = json.loads(run_file.read_text()) if run_file.exists() else {}

@@ -45,6 +45,17 @@ def check_server(uri: str) -> None:
                             "mlflow/start.sh [PORT] or set MLFLOW_TRACKING_URI / train.common.tracking_uri") from None
 
 
+def connect(configured: str) -> str:
+    """Point MLflow at the tracking server ($MLFLOW_TRACKING_URI or `configured`) once it answers."""
+    import mlflow
+
+    uri = tracking_uri(configured)
+    check_server(uri)
+    mlflow.set_tracking_uri(uri)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    return uri
+
+
 def experiment_id(name: str) -> str:
     """The experiment's id, created if missing; two tasks creating it at once both get the one that won."""
     from mlflow.exceptions import MlflowException
