@@ -39,13 +39,13 @@ import pyarrow.parquet as pq
 import soundfile as sf
 import torch
 
+from devtools.mirror.store import synth_clip, write_store
 from tasks.audio import decode_flac
 from tasks.config import apply_overrides, load_params, section_config
 from tasks.features import stage
 from tasks.features.slices import features_slices
 from tasks.features.stage import WORKERS
 from tasks.features.vggish import features_vggish, random_model
-from tasks.mirror.store import synth_clip, write_store
 
 PROJECT = Path(__file__).resolve().parents[1]
 MOODS = ["neutral", "calm", "happy", "sad", "angry", "fearful"]

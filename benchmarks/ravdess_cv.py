@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
+from devtools.workspace import MlflowServer, make_workspace
 from tasks.cli import configure_logging, run_stage
 from tasks.train.report import accuracy_interval
-from tasks.workspace import MlflowServer, make_workspace
 
 PROJECT = Path(__file__).resolve().parents[1]
 SOURCE = PROJECT.parent / "shared/data/ravdess/song_flac16k"

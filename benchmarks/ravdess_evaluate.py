@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from devtools.workspace import MlflowServer, make_workspace
 from tasks.cli import configure_logging, run_stage
-from tasks.workspace import MlflowServer, make_workspace
 
 PROJECT = Path(__file__).resolve().parents[1]
 SOURCE = PROJECT.parent / "shared/data/ravdess/song_flac16k"

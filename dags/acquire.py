@@ -5,7 +5,8 @@ Each source is one stage of dvc.yaml: the task runs the same function `dvc repro
 
 AudioSet fans out: select -> plan shards -> one mapped download task per shard (pool
 `audioset_downloads` caps how many run at once across all workers; each keeps `concurrency`
-downloads in flight) -> finalize. The DVC stage `acquire_audioset` runs the same three steps in one
+downloads in flight, all drawing on one request budget; a shard the stop-loss paused is
+rescheduled for the pause's end) -> finalize. The DVC stage `acquire_audioset` runs the same three steps in one
 process. A cookies file and a proxy come from the Airflow connection `audioset_youtube` (extras
 `cookies_file`, `proxy`) or else the environment; they are never logged.
 """
@@ -31,12 +32,23 @@ def plan_audioset() -> list[int]:
 
 @task(pool=AUDIOSET_POOL, **NETWORK_ARGS)
 def download_audioset_shard(shard: int) -> dict[str, int]:
-    from tasks.audioset.download import download_shard
+    """A shard stopped by a pause of the shared request budget comes back when the pause ends (a
+    reschedule frees its pool slot meanwhile), not after the retry delay."""
+    from datetime import UTC, datetime
+
+    from airflow.sdk.exceptions import AirflowRescheduleException
+
+    from tasks.audioset.download import ShardPaused, download_shard
     from tasks.cli import configure_logging, stage_config
 
     configure_logging()
     cfg = stage_config("acquire_audioset", ROOT)
-    return download_shard(cfg, ROOT, shard, _credentials(cfg.credentials))
+    try:
+        return download_shard(cfg, ROOT, shard, _credentials(cfg.credentials), wait_out_pauses=False)
+    except ShardPaused as paused:
+        if paused.exhausted:
+            raise
+        raise AirflowRescheduleException(datetime.fromtimestamp(paused.resume_at, UTC)) from paused
 
 
 def _credentials(names: Any) -> Any:
@@ -46,7 +58,7 @@ def _credentials(names: Any) -> Any:
     from airflow.sdk import Connection
     from airflow.sdk.exceptions import AirflowNotFoundException
 
-    from tasks.audioset.download import Credentials
+    from tasks.audioset.ytdlp import Credentials
 
     try:
         extra = Connection.get(names.airflow_conn_id).extra_dejson

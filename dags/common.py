@@ -1,4 +1,4 @@
-"""Shared wiring for the DAG files: where the workspace is, retry policy, the Assets.
+"""Shared wiring for the DAG files: where the workspace is, retry policy, the Assets (from tasks.catalog).
 
 Kept light on purpose: the dag-processor imports this on every parse.
 """
@@ -12,12 +12,16 @@ from typing import Any
 
 from airflow.sdk import Asset, task
 
+from tasks.catalog import AssetPath, Catalog
+
 # The workspace is the DVC repo the tasks read and write; DAGs live in its dags/ folder.
 ROOT = Path(os.environ.get("MOOD_PIPELINE_ROOT") or Path(__file__).resolve().parents[1])
+CATALOG = Catalog.load(ROOT)  # every path and Asset, from the workspace's params.yaml
 START = datetime(2026, 1, 1)
 DVC_POOL = "dvc"  # one slot: DVC holds a repo-wide lock, so its commands must not overlap
-AUDIOSET_POOL = "audioset_downloads"  # caps AudioSet shard tasks across all workers (tasks.workspace sizes it)
-GPU_POOL = "gpu"  # one slot per GPU (tasks.workspace sizes it; 1 where there is none, so CPU runs go one at a time)
+# Pools are sized with `airflow pools set` (the demo's workspace does it: devtools.workspace).
+AUDIOSET_POOL = "audioset_downloads"  # caps AudioSet shard tasks across all workers
+GPU_POOL = "gpu"  # one slot per GPU (1 where there is none, so CPU runs go one at a time)
 GPU_QUEUE = "gpu"  # CeleryExecutor: only GPU workers listen on it
 
 # Tasks that touch the network: sources fail transiently, so back off and try again.
@@ -31,28 +35,28 @@ NETWORK_ARGS = {
 LOCAL_ARGS = {"retries": 2, "retry_delay": timedelta(seconds=10), "execution_timeout": timedelta(hours=2)}
 
 
+def _asset(spec: AssetPath) -> Asset:
+    return Asset(name=spec.name, uri=f"file://{ROOT / spec.path}", group=spec.group)
+
+
 def raw_asset(dataset: str) -> Asset:
-    """The raw clip store of one dataset; later DAGs schedule on it."""
-    return Asset(name=f"raw_{dataset}", uri=f"file://{ROOT}/data/raw/{dataset}", group="raw_clips")
+    """The raw clip store of one dataset (acquire_<dataset>.store.out_dir); later DAGs schedule on it."""
+    return _asset(CATALOG.raw_asset(dataset))
 
 
 def features_asset(name: str) -> Asset:
     """A feature dataset (`slices`, `vggish`); training DAGs schedule on it."""
-    return Asset(name=f"features_{name}", uri=f"file://{ROOT}/data/features/{name}", group="features")
+    return _asset(CATALOG.features_asset(name))
 
 
 def matrix_models() -> dict[str, str]:
-    """name -> study of every model in params.yaml's train.models (yaml only: cheap to parse)."""
-    import yaml
-
-    params = yaml.safe_load((ROOT / "params.yaml").read_text()) or {}
-    models = (params.get("train") or {}).get("models") or {}
-    return {name: study for study, entries in models.items() for name in (entries or {})}
+    """name -> study of every model in params.yaml's train.models."""
+    return CATALOG.models()
 
 
 def model_asset(name: str) -> Asset:
-    """A trained model of the matrix (models/<name>); the evaluation DAG schedules on it."""
-    return Asset(name=f"model_{name}", uri=f"file://{ROOT}/models/{name}", group="models")
+    """A trained model of the matrix (<train.common.models_dir>/<name>); the evaluation DAG schedules on it."""
+    return _asset(CATALOG.model_asset(name))
 
 
 @task(**LOCAL_ARGS)

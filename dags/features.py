@@ -8,19 +8,18 @@ runs its stage (the same function `dvc repro` runs), records the result with `dv
 from __future__ import annotations
 
 from airflow.sdk import dag
-from common import START, features_asset, raw_asset, run_stage, version
+from common import CATALOG, START, features_asset, raw_asset, run_stage, version
 
-# stage -> (raw stores it reads, as in its params `datasets` and its dvc.yaml deps; feature dataset)
-FEATURES = {
-    "features_slices": (["ravdess", "cal500"], "slices"),
-    "features_vggish": (["audioset"], "vggish"),
-}
+from tasks.catalog import FeatureSet
 
 
-def features_dag(stage: str, datasets: list[str], name: str) -> None:
+def features_dag(features: FeatureSet) -> None:
+    """One DAG per feature set, scheduled on the raw stores its params' `datasets` name."""
+    stage, name = features.stage, features.name
+
     @dag(
         dag_id=stage,
-        schedule=[raw_asset(d) for d in datasets],
+        schedule=[raw_asset(d) for d in features.datasets],
         start_date=START,
         catchup=False,
         max_active_runs=1,
@@ -34,5 +33,5 @@ def features_dag(stage: str, datasets: list[str], name: str) -> None:
     build()
 
 
-for _stage, (_datasets, _name) in FEATURES.items():
-    features_dag(_stage, _datasets, _name)
+for _features in CATALOG.feature_sets():
+    features_dag(_features)

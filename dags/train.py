@@ -14,10 +14,8 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import AssetAlias, dag, task
-from common import DVC_POOL, GPU_POOL, GPU_QUEUE, LOCAL_ARGS, ROOT, START, features_asset, model_asset
+from common import CATALOG, DVC_POOL, GPU_POOL, GPU_QUEUE, LOCAL_ARGS, ROOT, START, features_asset, model_asset
 
-# DAG (= DVC stage group) -> the feature dataset its models read
-STUDIES = {"train_spectrogram": "slices", "train_audioset": "vggish"}
 TRAINED = AssetAlias("trained_models")
 # A study net runs for hours on a CPU; a killed or timed-out try resumes from its last epoch.
 TRAIN_ARGS = {**LOCAL_ARGS, "execution_timeout": timedelta(hours=48)}
@@ -82,5 +80,5 @@ def train_dag(stage: str, features: str) -> None:
     build()
 
 
-for _stage, _features in STUDIES.items():
-    train_dag(_stage, _features)
+for _study in CATALOG.studies():
+    train_dag(_study.stage, _study.features)

@@ -16,12 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from tasks.cli import configure_logging
-from tasks.evaluate.report import fmt
-from tasks.mirror.cli import CorpusSpec, build_corpus, mirror_overrides
-from tasks.mirror.server import MirrorServer
-from tasks.versioning import dvc
-from tasks.workspace import (
+from devtools.mirror.cli import CorpusSpec, build_corpus, mirror_overrides
+from devtools.mirror.server import MirrorServer
+from devtools.workspace import (
     PROJECT,
     AirflowServices,
     MlflowServer,
@@ -30,14 +27,13 @@ from tasks.workspace import (
     make_workspace,
     prepare_airflow,
 )
+from tasks.catalog import RAW_DATASETS, Catalog
+from tasks.cli import configure_logging
+from tasks.evaluate.report import fmt
+from tasks.versioning import dvc
 
 DAGS = ["acquire"]
-METRICS = {"RAVDESS": "metrics/acquire_ravdess.json", "CAL500": "metrics/acquire_cal500.json",
-           "AudioSet": "metrics/acquire_audioset.json"}  # fmt: skip
-# Scheduled on Assets: the features DAGs on the raw stores acquire updates, train on both feature datasets,
-# evaluate on the models train publishes (waited for apart: it runs once per batch of model Assets).
-FEATURE_DAGS = {"features_slices": "metrics/features_slices.json", "features_vggish": "metrics/features_vggish.json"}
-ASSET_DAGS = [*FEATURE_DAGS, "train_spectrogram", "train_audioset"]
+SOURCE_NAMES = {"ravdess": "RAVDESS", "cal500": "CAL500", "audioset": "AudioSet"}
 # The demo's model matrix trains in about a minute on 2 cores: the small CNN on slices, logistic
 # regression and an LSTM on (random-weight) VGGish embeddings, and the log-mel statistics baseline.
 DEMO_EPOCHS = 30
@@ -51,12 +47,50 @@ def train_overrides(mlflow_url: str, ravdess_actors: int) -> list[str]:
             f"train.architectures.small_cnn.epochs={DEMO_EPOCHS}"]  # fmt: skip
 
 
-def report(workspace: Path, states: dict[str, dict[str, str]], mlflow_url: str) -> None:
+def asset_dags(catalog: Catalog) -> list[str]:
+    """The DAGs scheduled on Assets: the features DAGs on the raw stores acquire updates, train on the feature
+    sets (evaluate, on the models train publishes, is waited for apart: it runs once per batch of model Assets)."""
+    return [*(f.stage for f in catalog.feature_sets()), *(s.stage for s in catalog.studies())]
+
+
+def model_files(workspace: Path, catalog: Catalog) -> dict[str, tuple[Path, Path, Path]]:
+    """model -> its card, its evaluation's metrics and its report, in the workspace."""
+    stages = catalog.stages()
+    files = {}
+    for model, study in catalog.models().items():
+        evaluation = stages[f"evaluate_{study}@{model}"]
+        files[model] = (workspace / catalog.model_asset(model).path / "model.json", workspace / evaluation.metrics,
+                        workspace / evaluation.outputs[0] / "report.html")  # fmt: skip
+    return files
+
+
+def layout(catalog: Catalog) -> str:
+    """Where the outputs are in the workspace, as its params place them."""
+    stages = catalog.stages()
+    raw = ", ".join(catalog.raw_asset(d).path for d in RAW_DATASETS)
+    features = ", ".join(catalog.features_asset(f.name).path for f in catalog.feature_sets())
+    lines = [
+        "Outputs      (in the workspace, where its params.yaml puts them)",
+        f"  raw clips  {raw}: {{manifest,failures}}.parquet and shards/",
+        f"  features   {features}: dataset=*/split=*/*.parquet, _dataset.json, _failures.parquet",
+        "  per model  weights + model.json, learning curves (dvc plots show), report.html (self-contained;",
+        "             also in its MLflow evaluation run, linked from the version's tag evaluation_report):",
+    ]
+    for model, study in catalog.models().items():
+        train, evaluation = stages[f"train_{study}@{model}"], stages[f"evaluate_{study}@{model}"]
+        lines.append(f"    {model:<18} {catalog.model_asset(model).path}/  {train.plots}  "
+                     f"{evaluation.outputs[0]}/report.html")  # fmt: skip
+    lines.append(f"  summary    {stages['evaluate_summary'].outputs[0]}/index.html")
+    return "\n".join(lines)
+
+
+def report(workspace: Path, catalog: Catalog, states: dict[str, dict[str, str]], mlflow_url: str) -> None:
     print("\n=== results ===")
     for dag_id, tasks in states.items():
         print(f"DAG {dag_id}: " + ", ".join(f"{t}={s}" for t, s in sorted(tasks.items())))
-    for name, rel in METRICS.items():
-        path = workspace / rel
+    stages = catalog.stages()
+    for dataset in RAW_DATASETS:
+        name, path = SOURCE_NAMES.get(dataset, dataset), workspace / stages[f"acquire_{dataset}"].metrics
         if not path.exists():
             print(f"{name}: no metrics (stage did not finish)")
             continue
@@ -69,15 +103,18 @@ def report(workspace: Path, states: dict[str, dict[str, str]], mlflow_url: str) 
             why = ", ".join(f"{k} {v}" for k, v in c["failed"].items()) or "none"
             print(f"  {label:<8} selected {c['selected']}, downloaded {c['downloaded']} "
                   f"({c['availability']:.0%}), failed: {why}")  # fmt: skip
-    for dag_id, rel in FEATURE_DAGS.items():
-        if (workspace / rel).exists():
-            print(feature_line(dag_id, json.loads((workspace / rel).read_text())))
-    for card in sorted((workspace / "models").glob("*/model.json")):
-        print(model_line(json.loads(card.read_text()), mlflow_url))
-    for path in sorted((workspace / "metrics").glob("evaluate_*.json")):
-        if path.stem != "evaluate_summary":
-            print(evaluation_line(workspace, json.loads(path.read_text())))
-    summary = workspace / "reports/summary/index.html"
+    for features in catalog.feature_sets():
+        path = workspace / stages[features.stage].metrics
+        if path.exists():
+            print(feature_line(features.stage, json.loads(path.read_text())))
+    files = model_files(workspace, catalog)
+    for card, _, _ in files.values():
+        if card.exists():
+            print(model_line(json.loads(card.read_text()), mlflow_url))
+    for _, metrics, report_html in files.values():
+        if metrics.exists():
+            print(evaluation_line(report_html, json.loads(metrics.read_text())))
+    summary = workspace / stages["evaluate_summary"].outputs[0] / "index.html"
     print(f"summary: {summary}" if summary.exists() else "summary: none (the evaluate DAG did not finish)")
     print("dvc status:", dvc(workspace, "status").strip())
 
@@ -99,39 +136,42 @@ def model_line(card: dict, mlflow_url: str) -> str:
     where = (f"{card['registered_model']} v{card['version']} (champion: v{card['champion_version']}) "
              f"{mlflow_url}/#/models/{card['registered_model']}/versions/{card['version']}"
              if card["registered_model"] else "not registered")  # fmt: skip
-    return (f"model {card['name']} ({card['arch']} on {card['dataset']}): validation clip accuracy "
-            f"{m['val_clip_accuracy']:.3f} (95% CI {m['val_clip_accuracy_ci95_low']:.3f}-"
-            f"{m['val_clip_accuracy_ci95_high']:.3f}; majority baseline {m['majority_baseline']:.3f}, chance "
-            f"{m['chance']:.3f}; {m['val_clips']} clips){random}; MLflow run {card['mlflow_run_id']}; {where}")
+    return (
+        f"model {card['name']} ({card['arch']} on {card['dataset']}): validation clip accuracy "
+        f"{m['val_clip_accuracy']:.3f} (95% CI {m['val_clip_accuracy_ci95_low']:.3f}-"
+        f"{m['val_clip_accuracy_ci95_high']:.3f}; majority baseline {m['majority_baseline']:.3f}, chance "
+        f"{m['chance']:.3f}; {m['val_clips']} clips){random}; MLflow run {card['mlflow_run_id']}; {where}"
+    )
 
 
-def evaluation_line(workspace: Path, m: dict) -> str:
+def evaluation_line(report_html: Path, m: dict) -> str:
     name, primary = m["model"], m["primary"]
     s = m["test_sets"][primary]
     random = " [RANDOM VGGish weights]" if m["random_vggish_weights"] else ""
     others = "; ".join(f"{k} {v['majority']['accuracy']:.3f}" for k, v in m["test_sets"].items() if k != primary)
-    return (f"evaluation {name} on {primary}: majority vote {fmt(s['majority']['accuracy'])} (95% CI "
-            f"{fmt(s['majority']['ci95_low'])}-{fmt(s['majority']['ci95_high'])}; {s['songs']} songs), soft "
-            f"{fmt(s['soft']['accuracy'])}, threshold {fmt(s['threshold']['accuracy'])} at coverage "
-            f"{fmt(s['threshold']['coverage'])}, baseline {fmt(s['baseline_accuracy'])}{random}"
-            f"{'; also ' + others if others else ''}\nreport: {workspace / 'reports/models' / name / 'report.html'}")
+    return (
+        f"evaluation {name} on {primary}: majority vote {fmt(s['majority']['accuracy'])} (95% CI "
+        f"{fmt(s['majority']['ci95_low'])}-{fmt(s['majority']['ci95_high'])}; {s['songs']} songs), soft "
+        f"{fmt(s['soft']['accuracy'])}, threshold {fmt(s['threshold']['accuracy'])} at coverage "
+        f"{fmt(s['threshold']['coverage'])}, baseline {fmt(s['baseline_accuracy'])}{random}"
+        f"{'; also ' + others if others else ''}\nreport: {report_html}"
+    )
 
 
-def wait_for_evaluations(services: AirflowServices, workspace: Path, states: dict[str, dict[str, str]],
-                         timeout: float = 600) -> None:  # fmt: skip
+def wait_for_evaluations(services: AirflowServices, workspace: Path, catalog: Catalog,
+                         states: dict[str, dict[str, str]], timeout: float = 600) -> None:  # fmt: skip
     """The evaluate DAG runs once per batch of model Assets: wait until no run is pending and every model
     the train DAGs wrote has its evaluation, then record the worst state of each task over the runs."""
     started = time.monotonic()
-    cards = list((workspace / "models").glob("*/model.json"))
+    trained = [(card, metrics) for card, metrics, _ in model_files(workspace, catalog).values() if card.exists()]
 
-    def evaluated(card: Path) -> bool:
-        metrics = workspace / "metrics" / f"evaluate_{card.parent.name}.json"
+    def evaluated(card: Path, metrics: Path) -> bool:
         return metrics.exists() and metrics.stat().st_mtime >= card.stat().st_mtime
 
     while time.monotonic() - started < timeout:
         runs = services.api("GET", "/api/v2/dags/evaluate/dagRuns", params={"order_by": "id"}).json()["dag_runs"]
         pending = [r for r in runs if r["state"] not in ("success", "failed")]
-        if runs and not pending and all(evaluated(c) for c in cards):
+        if runs and not pending and all(evaluated(*t) for t in trained):
             break
         time.sleep(3)
     else:
@@ -141,13 +181,17 @@ def wait_for_evaluations(services: AirflowServices, workspace: Path, states: dic
         for task, state in services.task_states("evaluate", run["dag_run_id"]).items():
             merged[task] = state if merged.get(task, "success") == "success" else merged[task]
     states["evaluate"] = merged
-    print(f"evaluate: {len(runs)} run(s), {', '.join(r['state'] for r in runs)}, in "
-          f"{time.monotonic() - started:.0f} s; watch it at {services.url}/dags/evaluate", flush=True)
+    print(
+        f"evaluate: {len(runs)} run(s), {', '.join(r['state'] for r in runs)}, in "
+        f"{time.monotonic() - started:.0f} s; watch it at {services.url}/dags/evaluate",
+        flush=True,
+    )
 
 
-def wait_for_triggered(services: AirflowServices, produced: set[str], states: dict[str, dict[str, str]]) -> None:
+def wait_for_triggered(services: AirflowServices, dag_ids: list[str], produced: set[str],
+                       states: dict[str, dict[str, str]]) -> None:  # fmt: skip
     """Wait for each Asset-scheduled DAG the runs so far triggered; skip, saying so, those they did not."""
-    for dag_id in ASSET_DAGS:
+    for dag_id in dag_ids:
         services.wait_for_dag(dag_id)
         missing = services.trigger_assets(dag_id) - produced
         if missing:
@@ -181,8 +225,10 @@ def main() -> int:
     mirror = MirrorServer(demo / "mirror", port=free_port(8765)).start()
     mlflow = MlflowServer(demo / "mlflow")
     mlflow_url = mlflow.url
-    workspace = make_workspace(demo / "workspace", [*mirror_overrides(mirror.url, files),
-                                                    *train_overrides(mlflow_url, args.ravdess_actors)])
+    workspace = make_workspace(
+        demo / "workspace", [*mirror_overrides(mirror.url, files), *train_overrides(mlflow_url, args.ravdess_actors)]
+    )
+    catalog = Catalog.load(workspace)
     password = secrets.token_urlsafe(9)
     shutil.rmtree(demo / "airflow", ignore_errors=True)
     env = airflow_env(demo / "airflow", workspace, admin_password=password)
@@ -203,9 +249,9 @@ def main() -> int:
             print(f"{dag_id}: {state} in {time.monotonic() - started:.0f} s", flush=True)
             states[dag_id] = services.task_states(dag_id, run_id)
             if dag_id == "acquire":
-                wait_for_triggered(services, services.assets_produced(dag_id, run_id), states)
-                wait_for_evaluations(services, workspace, states)
-        report(workspace, states, mlflow_url)
+                wait_for_triggered(services, asset_dags(catalog), services.assets_produced(dag_id, run_id), states)
+                wait_for_evaluations(services, workspace, catalog, states)
+        report(workspace, catalog, states, mlflow_url)
         code = 0 if all(s == "success" for t in states.values() for s in t.values()) else 1
         print(f"""
 === where to look ===
@@ -217,15 +263,11 @@ Workspace    {workspace}   (a git + DVC repo; its params.yaml points at the mirr
   {Path(sys.executable).parent}/dvc metrics show                  # the counts and validation scores above
   {Path(sys.executable).parent}/dvc exp run -S train.models.spectrogram.cnn_ravdess.seed=1   # retrain one model
   {Path(sys.executable).parent}/dvc repro                         # nothing to do: already reproduced
-Raw clips    {workspace}/data/raw/<dataset>/{{manifest,failures}}.parquet and shards/
-Features     {workspace}/data/features/<slices|vggish>/dataset=*/split=*/*.parquet, _dataset.json, _failures.parquet
-Models       {workspace}/models/<name>/ (weights + model.json), plots/curves/train_<name>.csv (dvc plots show)
-Reports      {workspace}/reports/models/<name>/report.html (self-contained; also in each MLflow evaluation run,
-             linked from the model version's tag evaluation_report), {workspace}/reports/summary/index.html
+{layout(catalog)}
   {Path(sys.executable).parent}/dvc plots show --html-template {PROJECT}/.cache/dvc/plots-offline.html
                     # offline: after make plots-template; dvc plots diff takes it too
-Mirror       {mirror.url} serving {demo / 'mirror'}
-Logs         {demo / 'airflow'}/*.log, {demo / 'mlflow' / 'server.log'}""")
+Mirror       {mirror.url} serving {demo / "mirror"}
+Logs         {demo / "airflow"}/*.log, {demo / "mlflow" / "server.log"}""")
         if not args.no_wait and sys.stdin.isatty():
             print("\nservices are up; press Ctrl-C to stop them.")
             while True:

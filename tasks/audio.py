@@ -6,9 +6,9 @@ import hashlib
 import io
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import miniaudio
 import numpy as np
@@ -100,81 +100,45 @@ MAX_FRAMES_PER_BYTE = 8192
 # samples are the same whichever library decoded them.
 _READERS = {"int16": ("short[]", "ma_dr_flac_read_pcm_frames_s16"),
             "float32": ("float[]", "ma_dr_flac_read_pcm_frames_f32")}  # fmt: skip
-# Frames per block of FlacReader.blocks: 512 KB of float32 stereo, so a block is still in the
-# core's cache when the caller reads it back.
-BLOCK_FRAMES = 65536
 
 
-class FlacReader:
-    """An open FLAC blob (any buffer), decoded by dr_flac: `with FlacReader(blob) as flac: flac.read()`.
+def _read_into(flac: Any, pcm: np.ndarray) -> int:
+    """Decode up to len(pcm) frames of an open dr_flac stream into `pcm`; the frames decoded."""
+    c_type, read = _READERS[pcm.dtype.name]
+    with miniaudio.ffi.from_buffer(c_type, pcm, require_writable=True) as target:
+        return getattr(miniaudio.lib, read)(flac, pcm.shape[0], target)
 
-    dr_flac (through miniaudio's bindings) reads the bytes in place and writes straight into
-    numpy arrays, with no Python read callbacks, so threads decode in parallel; it is about a
+
+def decode_flac(data: FlacBytes, dtype: str = "float32") -> tuple[np.ndarray, int]:
+    """FLAC blob (any buffer) -> (samples frames x channels as int16 or float32, sample rate).
+
+    dr_flac (through miniaudio's bindings) reads the bytes in place and writes straight into a
+    numpy array, with no Python read callbacks, so threads decode in parallel; it is about a
     quarter faster than libsndfile (benchmarks/features.py). It skips a frame whose CRC fails and
     stops at a truncation without an error, so the decoded length is checked against the length
     STREAMINFO declares.
     """
-
-    def __init__(self, data: FlacBytes) -> None:
-        self.data = data
-
-    def __enter__(self) -> FlacReader:
-        self.source = miniaudio.ffi.from_buffer(self.data)
-        self.flac = miniaudio.lib.ma_dr_flac_open_memory(self.source, len(self.source), miniaudio.ffi.NULL)
-        if self.flac == miniaudio.ffi.NULL:
-            miniaudio.ffi.release(self.source)
-            raise AudioError("decode", "corrupt FLAC blob: no readable FLAC stream header")
-        self.frames, self.rate, self.channels = self.flac.totalPCMFrameCount, self.flac.sampleRate, self.flac.channels
-        try:
-            if self.frames == 0:
-                raise AudioError("decode", "corrupt FLAC blob: STREAMINFO declares no length")
-            if self.frames > MAX_FRAMES_PER_BYTE * len(self.source):
-                raise AudioError("decode", f"corrupt FLAC blob: STREAMINFO declares {self.frames} frames, more "
-                                           f"than {len(self.source)} bytes of FLAC can hold")  # fmt: skip
-        except AudioError:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        miniaudio.lib.ma_dr_flac_close(self.flac)
-        miniaudio.ffi.release(self.source)
-
-    def _read_into(self, pcm: np.ndarray) -> int:
-        c_type, read = _READERS[pcm.dtype.name]
-        with miniaudio.ffi.from_buffer(c_type, pcm, require_writable=True) as target:
-            return getattr(miniaudio.lib, read)(self.flac, pcm.shape[0], target)
-
-    def _check_length(self, decoded: int) -> None:
-        """The stream held exactly the frames STREAMINFO declares (dr_flac reads on past them)."""
-        if decoded != self.frames:
-            raise AudioError("decode", f"corrupt FLAC blob: decoded {decoded} of the {self.frames} frames its "
+    source = miniaudio.ffi.from_buffer(data)
+    flac = miniaudio.lib.ma_dr_flac_open_memory(source, len(source), miniaudio.ffi.NULL)
+    if flac == miniaudio.ffi.NULL:
+        miniaudio.ffi.release(source)
+        raise AudioError("decode", "corrupt FLAC blob: no readable FLAC stream header")
+    try:
+        frames, channels = flac.totalPCMFrameCount, flac.channels
+        if frames == 0:
+            raise AudioError("decode", "corrupt FLAC blob: STREAMINFO declares no length")
+        if frames > MAX_FRAMES_PER_BYTE * len(source):
+            raise AudioError("decode", f"corrupt FLAC blob: STREAMINFO declares {frames} frames, more than "
+                                       f"{len(source)} bytes of FLAC can hold")  # fmt: skip
+        pcm = np.empty((frames, channels), dtype)
+        decoded = _read_into(flac, pcm)
+        if decoded != frames:
+            raise AudioError("decode", f"corrupt FLAC blob: decoded {decoded} of the {frames} frames its "
                                        "STREAMINFO declares (truncated, or frames failed their CRC)")  # fmt: skip
-        if self._read_into(np.empty((1, self.channels), np.float32)):
-            raise AudioError("decode", f"corrupt FLAC blob: holds more than the {self.frames} frames its "
+        if _read_into(flac, np.empty((1, channels), dtype)):  # dr_flac reads on past the declared length
+            raise AudioError("decode", f"corrupt FLAC blob: holds more than the {frames} frames its "
                                        "STREAMINFO declares")  # fmt: skip
-
-    def read(self, dtype: str = "float32") -> np.ndarray:
-        """Every frame: frames x channels, int16 or float32."""
-        pcm = np.empty((self.frames, self.channels), dtype)
-        self._check_length(self._read_into(pcm))
-        return pcm
-
-    def blocks(self, frames: int = BLOCK_FRAMES) -> Iterator[np.ndarray]:
-        """Every frame as float32 blocks of up to `frames` x channels, in one buffer that each block
-        overwrites: for a pass over a long song that stays in the cache instead of memory."""
-        buffer = np.empty((min(frames, self.frames), self.channels), np.float32)
-        decoded = 0
-        while decoded < self.frames:
-            n = self._read_into(buffer[: self.frames - decoded])
-            if n == 0:
-                break
-            decoded += n
-            yield buffer[:n]
-        self._check_length(decoded)
-
-
-def decode_flac(data: FlacBytes, dtype: str = "float32") -> tuple[np.ndarray, int]:
-    """FLAC blob -> (samples frames x channels as int16 or float32, sample rate)."""
-    with FlacReader(data) as flac:
-        return flac.read(dtype), flac.rate
+        return pcm, flac.sampleRate
+    finally:
+        miniaudio.lib.ma_dr_flac_close(flac)
+        miniaudio.ffi.release(source)

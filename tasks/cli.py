@@ -82,10 +82,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m tasks",
         description="Music mood pipeline stages. Each reads its own section of params.yaml.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="stages:\n" + "\n".join(f"  {n:<18} {s.help}" for n, s in STAGES.items())
-        + "\n\nother commands:\n  mirror             build or serve the offline mirror (see: mirror --help)",
+        epilog="stages:\n" + "\n".join(f"  {n:<18} {s.help}" for n, s in STAGES.items()),
     )
-    parser.add_argument("stage", help="stage to run, or 'mirror'")
+    parser.add_argument("stage", help="stage to run")
     parser.add_argument("--params", type=Path, default=None, help="params file (default: <root>/params.yaml)")
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="workspace root (default: cwd)")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -100,10 +99,6 @@ def configure_logging() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     configure_logging()
-    if argv and argv[0] == "mirror":
-        from tasks.mirror.cli import main as mirror_main
-
-        return mirror_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         result = run_stage(args.stage, args.root.resolve(), args.params, args.overrides)

@@ -267,8 +267,9 @@ class AcquireAudiosetConfig(Section):
     sample_rate: PositiveInt = 16000
     channels: Literal[1, 2] = 1
     concurrency: PositiveInt = 4  # downloads in flight per shard task
-    min_interval_s: Annotated[float, Field(ge=0)] = 5.0  # per worker, between requests
-    jitter_s: Annotated[float, Field(ge=0)] = 2.0
+    max_requests_per_hour: Annotated[float, Field(gt=0)] = 300.0  # one budget for every worker on the state DB
+    burst: PositiveInt = 5  # requests that may start at once after an idle spell
+    jitter_s: Annotated[float, Field(ge=0)] = 2.0  # random wait before each request, so starts never look clocked
     attempts: PositiveInt = 4  # per clip and run, for transient failures
     backoff_s: Annotated[float, Field(ge=0)] = 10.0
     max_backoff_s: Annotated[float, Field(ge=0)] = 600.0
@@ -276,7 +277,7 @@ class AcquireAudiosetConfig(Section):
     stop_loss: StopLossConfig = StopLossConfig()
     duration_tolerance_s: Annotated[float, Field(ge=0)] = 0.5
     silence_dbfs: float = -60.0  # RMS below this: silent
-    state_dir: str = ".cache/audioset"  # remembered failures and verified clips awaiting their shard
+    state_dir: str = ".cache/audioset"  # every fetched clip, remembered failures, the shared request budget
     credentials: CredentialsConfig = CredentialsConfig()
     seed: int = 0  # jitter draws
     store: StoreConfig

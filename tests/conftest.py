@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from devtools.mirror.cli import CAL500_ARCHIVE, RAVDESS_ZIP, CorpusSpec, build_corpus, mirror_overrides
+from devtools.mirror.server import MirrorServer
+from devtools.workspace import free_port
 from tasks.config import load_params
-from tasks.mirror.cli import CAL500_ARCHIVE, RAVDESS_ZIP, CorpusSpec, build_corpus, mirror_overrides
-from tasks.mirror.server import MirrorServer
-from tasks.workspace import free_port
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT.parent / "shared" / "data"
@@ -69,7 +69,7 @@ def shared(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     """The real local tracking server (mlflow/start.sh) on a free loopback port, for the whole session."""
-    from tasks.workspace import MlflowServer
+    from devtools.workspace import MlflowServer
 
     with MlflowServer(tmp_path_factory.mktemp("mlflow"), free_port()) as server:
         yield server.url

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from devtools.mirror.cli import CorpusSpec, build_corpus, mirror_overrides
+from devtools.mirror.server import MirrorServer
+from devtools.workspace import make_workspace
 from tasks.cli import run_stage
-from tasks.features.dataset import Block, FeatureStore, InputShard, ShardWriter
-from tasks.mirror.cli import CorpusSpec, build_corpus, mirror_overrides
-from tasks.mirror.server import MirrorServer
-from tasks.workspace import make_workspace
+from tasks.features.dataset import Block, FeatureStore, ShardWriter
+from tasks.features.inputs import InputShard
 
 FEATURE_STAGES = ("acquire_ravdess", "acquire_cal500", "select_audioset", "acquire_audioset", "features_slices",
                   "features_vggish")  # fmt: skip

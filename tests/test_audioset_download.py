@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,26 +18,29 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from devtools.mirror.audioset import MEDIA_DIR, MEDIA_EXT, plan_rows
+from devtools.mirror.cli import audioset_overrides
+from devtools.mirror.server import Fault, MirrorServer
 from tasks.audio import decode_flac
-from tasks.audioset.classify import classify
+from tasks.audioset.classify import ClipProblem, classify
 from tasks.audioset.download import (
-    Credentials,
+    Job,
     ShardPaused,
     acquire_audioset,
     download_shard,
     finalize_audioset,
     plan_audioset,
 )
+from tasks.audioset.politeness import Budget
 from tasks.audioset.select import select_audioset
+from tasks.audioset.ytdlp import Credentials, fetch_section
 from tasks.config import apply_overrides, section_config
-from tasks.mirror.audioset import MEDIA_DIR, MEDIA_EXT, plan_rows
-from tasks.mirror.cli import audioset_overrides
-from tasks.mirror.server import Fault, MirrorServer
 
 from .conftest import PROJECT, SMALL
 
 # Fast, not polite: the mirror is ours. Short timeouts so a stalled server is found quickly.
-FAST = ["acquire_audioset.min_interval_s=0", "acquire_audioset.jitter_s=0", "acquire_audioset.backoff_s=0.01",
+FAST = ["acquire_audioset.max_requests_per_hour=3600000", "acquire_audioset.burst=100", "acquire_audioset.jitter_s=0",
+        "acquire_audioset.backoff_s=0.01",
         "acquire_audioset.socket_timeout_s=1", "acquire_audioset.attempts=3", "acquire_audioset.concurrency=2",
         "acquire_audioset.stop_loss.after=50"]  # fmt: skip
 
@@ -65,8 +69,8 @@ class Setup:
     def overrides(self, *extra: str) -> list[str]:
         return [*audioset_overrides(self.server.url, self.files), *FAST, *extra]
 
-    def select_cfg(self):
-        return section_config(apply_overrides(self.params, self.overrides()), "select_audioset")
+    def select_cfg(self, *extra: str):
+        return section_config(apply_overrides(self.params, self.overrides(*extra)), "select_audioset")
 
     def cfg(self, *extra: str):
         return section_config(apply_overrides(self.params, self.overrides(*extra)), "acquire_audioset")
@@ -143,11 +147,11 @@ def test_stored_clips_are_verified_16k_mono_sections(setup: Setup) -> None:
     assert metrics["failed_by_reason"] == {"duration_mismatch": 1, "silent": 1, "unavailable": 1}
     manifest = pq.read_table(setup.root / "data/raw/audioset/manifest.parquet").to_pandas()
     assert {"ytid", "start_s", "end_s", "split", "labels", "class_ids", "shard"} <= set(manifest.columns)
-    assert set(manifest.shard) == {"part-00000.parquet", "part-00001.parquet", "part-00002.parquet"}
+    assert sorted(name.split("-")[1] for name in set(manifest.shard)) == ["00000", "00001", "00002"]
     assert (manifest.sample_rate == 16000).all() and (manifest.channels == 1).all()
     assert ((manifest.duration_s - SMALL.audioset_segment_seconds).abs() < 0.1).all()
     assert set(manifest.split) == {"train", "test"} and all(len(x) == 1 for x in manifest.labels)
-    row = pq.read_table(setup.root / "data/raw/audioset/shards/part-00000.parquet").slice(0, 1).to_pylist()[0]
+    row = pq.read_table(setup.root / "data/raw/audioset/shards" / manifest.shard[0]).slice(0, 1).to_pylist()[0]
     samples, rate = decode_flac(row["audio"])
     assert rate == 16000 and samples.shape == (row["frames"], 1) and abs(samples).max() > 0.01
     # Only the section was fetched: ffmpeg asks for byte ranges, never a plain whole-file GET after the sniff.
@@ -249,7 +253,7 @@ def _staged(path: Path) -> int:
         return 0
     try:
         with sqlite3.connect(path, timeout=1) as db:
-            return db.execute("SELECT count(*) FROM staged").fetchone()[0]
+            return db.execute("SELECT count(*) FROM fetched").fetchone()[0]
     except sqlite3.OperationalError:
         return 0
 
@@ -280,7 +284,8 @@ def test_proxy_and_cookies_are_used_and_never_logged(setup: Setup, corpus, caplo
         plan_audioset(cfg, setup.root)
         download_shard(cfg, setup.root, 0)
         assert any(p.startswith(f"/{MEDIA_DIR}/") for p, _ in proxy.requests)  # the proxy carried the downloads
-    text = caplog.text + "".join(str(r) for r in read(setup.root, "failures/part-00000.parquet"))
+    failures = (setup.root / "data/raw/audioset/failures").glob("part-*.parquet")
+    text = caplog.text + "".join(str(pq.read_table(p).to_pylist()) for p in failures)
     assert "s3cret" not in text and "secret-cookie" not in text
     assert cookies.read_bytes() == original  # yt-dlp wrote back to its own copy
 
@@ -356,3 +361,154 @@ def test_a_signed_url_template_leaves_no_secret_in_the_store(setup: Setup, caplo
     assert any("token=***" in r["source"] for r in stored)
     assert not [r for r in stored if "s3cr3t" in str(r)]  # sources and failure messages alike
     assert "s3cr3t" not in caplog.text
+
+
+def test_new_thresholds_rejudge_the_fetched_audio_without_a_request(setup: Setup) -> None:
+    """Thresholds judge the stored audio; they never invalidate it. The clip shorter than its segment is
+    kept under a wide tolerance and dropped again under the default, and nothing is fetched twice."""
+    short = kinds()["short"][0]
+    first = acquire_audioset_with(setup, lambda s: None)
+    n = setup.media_requests()
+    assert short not in {r["ytid"] for r in read(setup.root, "manifest.parquet")}
+    loose = acquire_audioset_with(setup, lambda s: None, "acquire_audioset.duration_tolerance_s=5",
+                                  "acquire_audioset.silence_dbfs=-200")  # fmt: skip
+    assert setup.media_requests() == n
+    assert short in {r["ytid"] for r in read(setup.root, "manifest.parquet")}
+    assert loose["clips"] == first["clips"] + 1 and loose["failed_by_reason"].get("duration_mismatch") is None
+    again = acquire_audioset_with(setup, lambda s: None)
+    assert setup.media_requests() == n
+    assert again == first
+
+
+def test_a_shrunk_then_regrown_quota_fetches_nothing_again(setup: Setup) -> None:
+    """Clips a smaller selection no longer wants stay in the state for when it wants them again."""
+    first = acquire_audioset_with(setup, lambda s: None)
+    n = setup.media_requests()
+    ids = sorted((r["id"], r["sha256"]) for r in read(setup.root, "manifest.parquet"))
+    select_audioset(setup.select_cfg("select_audioset.quota.train=1"), setup.root)
+    fewer = acquire_audioset_with(setup, lambda s: None)
+    assert fewer["selected"] < first["selected"] and setup.media_requests() == n
+    select_audioset(setup.select_cfg(), setup.root)
+    regrown = acquire_audioset_with(setup, lambda s: None)
+    assert setup.media_requests() == n
+    assert regrown == first and sorted((r["id"], r["sha256"]) for r in read(setup.root, "manifest.parquet")) == ids
+
+
+def _long_media(root: Path, ext: str) -> str:
+    """A 20 s tone in a streamable container (as YouTube serves): ffmpeg decodes it as the bytes arrive."""
+    ytid = "streamable1"
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "sine=frequency=440:duration=20", "-ac", "1", str(root / f"{ytid}.{ext}")], check=True)  # fmt: skip
+    return ytid
+
+
+@pytest.mark.parametrize("kind", ["cut", "reset"])
+def test_a_body_cut_short_is_a_transient_network_failure_not_a_short_video(
+    kind: str, params: dict, tmp_path: Path
+) -> None:
+    """Content-Length larger than the body, or a reset mid-body, in the middle of the segment: ffmpeg
+    would have ended the audio early with exit code 0 and the clip be judged `duration_mismatch`."""
+    ytid = _long_media(tmp_path, "mp3")
+    job = Job("x_5", ytid, 5.0, 15.0, "train", ["happy"], [])
+    size = (tmp_path / f"{ytid}.mp3").stat().st_size
+    with MirrorServer(tmp_path) as server:
+        cfg = section_config(apply_overrides(params, [f"acquire_audioset.url_template={server.url}/{{ytid}}.mp3",
+                                                      *FAST]), "acquire_audioset")  # fmt: skip
+        whole = fetch_section(cfg, ytid, (job.start, job.end), Credentials(), tmp_path)
+        assert abs(whole.frames / whole.sample_rate - 10.0) < 0.1
+        server.add_fault(f"/{ytid}.mp3", Fault("delay", seconds=0))  # yt-dlp's probe
+        server.add_fault(f"/{ytid}.mp3", Fault(kind, after_bytes=size // 2), times=20)
+        with pytest.raises(ClipProblem) as caught:
+            fetch_section(cfg, ytid, (job.start, job.end), Credentials(), tmp_path)
+    assert caught.value.problem.reason == "network" and not caught.value.problem.permanent
+
+
+def test_one_budget_bounds_every_worker_of_every_shard(tmp_path: Path) -> None:
+    """Four shards' budgets (separate connections, as separate processes have) with four threads each draw
+    from one bucket: never more starts than the burst plus the rate times the time elapsed."""
+    per_hour, burst = 36000.0, 3  # 10 per second
+    starts: list[float] = []
+    lock = threading.Lock()
+    stop = time.time() + 1.5
+
+    def worker(budget: Budget) -> None:
+        while time.time() < stop:
+            gate = budget.take()
+            if gate.wait_s > 0:
+                time.sleep(min(gate.wait_s, 0.05))
+                continue
+            with lock:
+                starts.append(time.time())
+
+    budgets = [Budget(tmp_path, "https://www.youtube.com/watch?v={ytid}", per_hour, burst) for _ in range(4)]
+    began = time.time()
+    threads = [threading.Thread(target=worker, args=(b,)) for b in budgets for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, at in enumerate(sorted(starts)):
+        assert i + 1 <= burst + (at - began) * per_hour / 3600 + 1e-6, f"start {i + 1} came too early"
+    assert starts  # the bucket does hand out requests
+    other = Budget(tmp_path, "http://127.0.0.1:1/{ytid}", per_hour, burst)
+    assert other.take().wait_s == 0  # another host has its own budget
+
+
+def test_a_pause_stops_every_worker_and_counts_pauses_in_a_row(tmp_path: Path) -> None:
+    one, two = (Budget(tmp_path, "https://www.youtube.com/watch?v={ytid}", 3600, 5) for _ in range(2))
+    resume_at, pauses = one.pause(60)
+    assert pauses == 1 and resume_at > time.time() + 50
+    gate = two.take()
+    assert gate.paused_until == resume_at and gate.wait_s > 50
+    assert two.pause(60) == (resume_at, 1)  # the same streak seen by another worker: one pause
+    one.succeeded()
+    assert one.pause(60) == (resume_at, 0)  # still running: not extended, and no longer in a row
+
+
+PROBE_DAG = """
+from acquire import download_audioset_shard
+from airflow.sdk import dag
+from common import START
+
+
+@dag(dag_id="audioset_shard_probe", schedule=None, start_date=START, catchup=False)
+def probe() -> None:
+    download_audioset_shard.expand(shard=[0])
+
+
+probe()
+"""
+
+
+@pytest.mark.slow
+def test_airflow_reschedules_a_paused_shard_for_the_end_of_the_pause(setup: Setup, tmp_path: Path) -> None:
+    """The acquire DAG's shard task, in a real Airflow: a pause of the budget frees its slot until the pause
+    ends (UP_FOR_RESCHEDULE at the budget's stored end, no retry spent), then the shard is finished."""
+    from devtools.workspace import airflow, airflow_env, make_workspace, prepare_airflow
+
+    pause_s = 8
+    overrides = setup.overrides("acquire_audioset.stop_loss.after=3", "acquire_audioset.concurrency=1",
+                                f"acquire_audioset.stop_loss.pause_s={pause_s}")  # fmt: skip
+    ws = make_workspace(tmp_path / "ws", overrides)
+    select_audioset(setup.select_cfg(), ws)
+    (ws / "dags/shard_probe.py").write_text(PROBE_DAG)
+    ids = sorted(pq.read_table(ws / "data/audioset/selection.parquet").column("id").to_pylist())
+    first = next(i for i in ids if i.rsplit("_", 1)[0] in kinds()["mood"]).rsplit("_", 1)[0]
+    # 3 attempts rate limited in a row: the stop-loss pauses; after the pause 2 more, then it answers.
+    setup.server.add_fault(media(first), Fault("status", 429), times=5)
+    env = airflow_env(tmp_path / "airflow", ws)
+    prepare_airflow(env)
+    proc = airflow(env, "dags", "test", "audioset_shard_probe")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    with sqlite3.connect(tmp_path / "airflow/airflow.db") as db:
+        reschedules = db.execute("SELECT start_date, reschedule_date FROM task_reschedule").fetchall()
+        state, try_number, started = db.execute("SELECT state, try_number, start_date FROM task_instance "
+                                                "WHERE task_id = 'download_audioset_shard'").fetchone()  # fmt: skip
+    assert state == "success" and try_number == 1  # a reschedule, not a retry
+    assert len(reschedules) == 1
+    paused_at, resume_at = (datetime.fromisoformat(v).replace(tzinfo=UTC) for v in reschedules[0])
+    assert resume_at - paused_at >= timedelta(seconds=pause_s - 1)
+    assert datetime.fromisoformat(started).replace(tzinfo=UTC) >= resume_at
+    attempts = [r for p, r in setup.server.requests if p == media(first) and r is None]  # yt-dlp's probe
+    assert len(attempts) == 6  # 3, the pause, 2 rate limited and the one that got through
+    assert list((ws / "data/raw/audioset/shards").glob("part-00000-*.parquet"))

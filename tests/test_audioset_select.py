@@ -8,11 +8,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from devtools.mirror.audioset import ONTOLOGY, SEGMENT_FILES, plan_rows
+from devtools.mirror.cli import audioset_overrides
 from tasks.audioset.lists import InvalidId, check_ytid, label_name, read_clip_list, read_ontology, read_segments
 from tasks.audioset.select import select_audioset
 from tasks.config import ConfigError, apply_overrides, section_config
-from tasks.mirror.audioset import ONTOLOGY, SEGMENT_FILES, plan_rows
-from tasks.mirror.cli import audioset_overrides
 
 from .conftest import SMALL
 

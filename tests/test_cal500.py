@@ -7,9 +7,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from devtools.mirror.package import load_cal500_vocab
 from tasks.cal500 import acquire_cal500, read_annotations, song_labels
 from tasks.config import apply_overrides, section_config
-from tasks.mirror.package import load_cal500_vocab
 from tasks.storage import StageFailed
 
 VOCAB = {"happy": ["Emotion-Happy"], "sad": ["Emotion-Sad"], "calm": ["Emotion-Calming_/_Soothing"]}
@@ -122,7 +122,7 @@ def test_read_annotations_parses_the_official_layout(cal500_archive: Path, tmp_p
 
 def test_full_length_songs_are_stored_whole(params: dict, tmp_path: Path) -> None:
     """Real CAL500 songs run 3-5 minutes; they must go through decode and store intact."""
-    from tasks.mirror.package import build_cal500_archive
+    from devtools.mirror.package import build_cal500_archive
 
     archive = build_cal500_archive(tmp_path / "long.tar.gz", n_songs=1, seed=3, min_seconds=200, max_seconds=200)
     everything = "acquire_cal500.vocabularies.ravdess.any=[" + ",".join(load_cal500_vocab()) + "]"
@@ -146,6 +146,10 @@ def test_a_changed_mapping_rewrites_stored_shards_in_place_as_a_fresh_run_would(
                        for d in ("in_place", "fresh"))  # fmt: skip
     assert list(in_place.id) == list(before.id)
     assert not any("sad" in labels for labels in in_place.labels_audioset)
-    for column in ("id", "labels", "labels_audioset", "labels_ravdess", "sha256"):
+    for column in ("id", "labels", "labels_audioset", "labels_ravdess", "sha256", "shard"):
         assert [list(v) if not isinstance(v, str) else v for v in in_place[column]] == \
             [list(v) if not isinstance(v, str) else v for v in fresh[column]], column  # fmt: skip
+    stores = [tmp_path / d / "data/raw/cal500" for d in ("in_place", "fresh")]
+    in_place_files, fresh_files = ({str(p.relative_to(s)): p.read_bytes() for p in s.rglob("*") if p.is_file()}
+                                   for s in stores)  # fmt: skip
+    assert in_place_files == fresh_files  # the rewritten shards replaced the old ones, byte for byte as afresh

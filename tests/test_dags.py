@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.workspace import airflow_env
+from devtools.workspace import airflow_env
 
 from .conftest import PROJECT
 

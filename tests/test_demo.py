@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tasks.workspace import AirflowServices, MlflowServer, airflow_env, free_port
+from devtools.workspace import AirflowServices, MlflowServer, airflow_env, free_port
 
 from .browser import airflow_token, check_airflow_grid, check_mlflow_model, check_report, chromium_page, screenshots_dir
 from .conftest import PROJECT

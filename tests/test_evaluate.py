@@ -14,10 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from devtools.mirror.cli import CorpusSpec
 from tasks.cli import run_stage
 from tasks.evaluate.model import EvaluationError
 from tasks.evaluate.report import fmt
-from tasks.mirror.cli import CorpusSpec
 
 from .features_fixture import corpus_workspace
 

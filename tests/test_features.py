@@ -16,21 +16,22 @@ import pytest
 import soundfile as sf
 import torch
 
-from tasks.audio import BLOCK_FRAMES, AudioError, FlacBlob, decode_flac, encode_flac
+from devtools.mirror.store import synth_clip, write_store
+from tasks.audio import AudioError, FlacBlob, decode_flac, encode_flac
 from tasks.cli import run_stage
 from tasks.config import AudioChecks, ConfigError, FrontEndConfig, apply_overrides, section_config
 from tasks.features import dataset, slices, stage
-from tasks.features.dataset import FeatureDataset, loader, open_table, read_metadata
+from tasks.features.dataset import open_table, read_metadata
 from tasks.features.frontend import (
     CPU_CHUNK_FRAMES,
-    LevelCheck,
     Spectrogram,
     band_groups,
+    check_levels,
     frame_count,
     load_audio,
 )
+from tasks.features.reader import FeatureDataset, loader
 from tasks.features.slices import features_slices, slice_starts
-from tasks.mirror.store import synth_clip, write_store
 from tasks.storage import Clip, StageFailed
 
 from .conftest import PROJECT, shared
@@ -56,8 +57,8 @@ def librosa_logmel(samples: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:
 
 
 def music(seconds: float, seed: int = 0, mood: str = "happy") -> np.ndarray:
-    from tasks.mirror.package import file_rng
-    from tasks.mirror.synth import synthesize
+    from devtools.mirror.package import file_rng
+    from devtools.mirror.synth import synthesize
 
     return synthesize(mood, seconds, SR, file_rng(seed, "frontend"))
 
@@ -76,8 +77,8 @@ def test_frontend_matches_librosa(settings: dict) -> None:
     assert np.abs(ours - theirs).max() < LOG_TOLERANCE
 
 
-@pytest.mark.parametrize(("lead", "trail"), [(0, 0), (262, 3000), (700, 300 * 160 + 17)], ids=["none", "short",
-                                                                                                 "whole-chunk"])
+@pytest.mark.parametrize(("lead", "trail"), [(0, 0), (262, 3000), (700, 300 * 160 + 17)],
+                         ids=["none", "short", "whole-chunk"])  # fmt: skip
 def test_frontend_padding_is_zeros_around_the_wave(lead: int, trail: int) -> None:
     """Padding given to the front end is the same as zeros written around the wave, on chunks
     wholly inside the wave, across its ends, and wholly inside the padding."""
@@ -149,16 +150,10 @@ def test_slice_starts(n_cells: int, step: int, tail: str, starts: list[int]) -> 
     assert slice_starts(n_cells, 128, step, tail) == starts
 
 
-def check_audio(samples: np.ndarray, checks: AudioChecks) -> None:
-    levels = LevelCheck(checks)
-    levels.add(samples)
-    levels.verdict()
-
-
 def test_check_audio_reasons() -> None:
     checks = AudioChecks()
     good = music(0.5)[:, None]
-    check_audio(good, checks)
+    check_levels(good, checks)
     for bad, reason in [
         (np.where(np.arange(good.size)[:, None] == 7, np.nan, good), "nonfinite"),
         (np.where(np.arange(good.size)[:, None] == 7, np.inf, good), "nonfinite"),
@@ -166,7 +161,7 @@ def test_check_audio_reasons() -> None:
         (np.clip(good * 40, -1, 1), "clipped"),
     ]:
         with pytest.raises(AudioError) as info:
-            check_audio(bad, checks)
+            check_levels(bad, checks)
         assert info.value.reason == reason
 
 
@@ -327,7 +322,7 @@ def test_a_run_killed_mid_shard_keeps_done_shards_and_the_rerun_finishes_the_sam
     with pytest.raises(RuntimeError, match="killed"):
         features_slices(cfg, tmp_path)
     out = tmp_path / "slices"
-    assert [p.name for p in (out / "_shards").iterdir()] == ["songs-part-00000.parquet"]
+    assert [p.name[: len("songs-part-00000-")] for p in (out / "_shards").iterdir()] == ["songs-part-00000-"]
     assert not list(out.rglob("part-00001-*.parquet"))  # only under temporary names
     assert list(out.rglob(".part-00001-*.tmp-*"))  # the fifth clip's rows went out before the kill
     monkeypatch.setattr(slices, "slice_clip", real_slice_clip)
@@ -341,6 +336,31 @@ def test_a_run_killed_mid_shard_keeps_done_shards_and_the_rerun_finishes_the_sam
     for path in out.rglob("part-*.parquet"):
         meta = pq.ParquetFile(path).metadata
         assert meta.num_row_groups >= 2 and all(meta.row_group(g).num_rows <= 2 for g in range(meta.num_row_groups))
+
+
+def test_a_rewritten_raw_shard_is_redone_and_the_outputs_of_its_old_files_dropped(
+        params: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    """Outputs are named after the raw shard file, which is named after its contents: an acquire run that
+    changes one shard leaves the others' names, so only the changed one is computed again."""
+    clips = [synth_clip(f"c{i}", "sad", 1.0, SR, 3, meta={"split": "x"}) for i in range(6)]
+    write_store(tmp_path / "raw", "songs", clips, shard_rows=3)
+    cfg = slices_cfg(params, tmp_path, "features_slices.datasets=[songs]")
+    features_slices(cfg, tmp_path)
+    out = tmp_path / "slices"
+    before = sorted(p.name for p in (out / "_shards").iterdir())
+    write_store(tmp_path / "raw", "songs", [*clips[:5], synth_clip("c6", "happy", 1.5, SR, 4, meta={"split": "x"})],
+                shard_rows=3)  # fmt: skip
+    caplog.clear()
+    features_slices(cfg, tmp_path)
+    assert "done 3 / skipped 3 / failed 0" in caplog.text
+    after = sorted(p.name for p in (out / "_shards").iterdir())
+    assert after[0] == before[0] and after[1] != before[1] and len(after) == 2
+    shards = {name.removeprefix("songs-").removesuffix(".parquet") for name in after}
+    assert {p.name.rsplit("-", 1)[0] for p in out.rglob("part-*.parquet")} == shards  # no outputs of old files
+    reference = features_slices(slices_cfg(params, tmp_path, "features_slices.datasets=[songs]",
+                                           f"features_slices.store.out_dir={tmp_path / 'ref'}"), tmp_path)  # fmt: skip
+    assert reference["rows"] == read_metadata(out)["counts"]["songs"]["x"]["rows"]
+    assert open_table(out).equals(open_table(tmp_path / "ref"))
 
 
 def test_a_failed_write_stops_the_stage_with_its_error_and_marks_nothing(
@@ -388,15 +408,14 @@ def test_load_audio_is_librosa_load_at_the_front_end_rate() -> None:
         assert np.abs(ours[:n] - theirs[:n]).max() < 1e-6, (rate, channels)
 
 
-def test_load_audio_checks_every_block_of_a_song() -> None:
-    """The checks run block by block as the song decodes; what only a late block holds still counts."""
+def test_load_audio_checks_every_sample_of_a_song() -> None:
+    """The checks see every sample of every channel: what only a song's end or one channel holds counts."""
     rate, frames = 44100, 5 * 44100
-    assert frames > 3 * BLOCK_FRAMES
     song = np.zeros((frames, 2), np.float32)
-    song[-2000:, 0] = 0.5  # a silent song but for its last block
+    song[-2000:, 0] = 0.5  # a silent song but for its last 2000 samples
     load_audio(encode_flac(song, rate).data, SR, AudioChecks())
     song[:, 1] = music(5.0, seed=2)[: frames // 4].repeat(4)[:frames] * 0.3
-    clipped = slice(3 * BLOCK_FRAMES, 3 * BLOCK_FRAMES + frames // 25)  # 4% of one channel: 2% of the samples
+    clipped = slice(frames // 2, frames // 2 + frames // 25)  # 4% of one channel: 2% of the samples
     song[clipped, 1] = np.where(np.arange(frames // 25) % 2, 1.0, -1.0)
     with pytest.raises(AudioError, match=r"^2\.0% of samples at or above 0\.999") as error:
         load_audio(encode_flac(song, rate).data, SR, AudioChecks())
@@ -416,13 +435,12 @@ def test_load_audio_checks_every_block_of_a_song() -> None:
     ],
     ids=["truncated", "bit-flip", "header-only", "lying-length", "short-length", "wrong-format", "empty"],
 )
-@pytest.mark.parametrize("decoder", ["whole", "blocks"])
+@pytest.mark.parametrize("decoder", ["decode_flac", "load_audio"])
 def test_damaged_flac_is_a_decode_error_naming_the_damage(damage, message: str, decoder: str) -> None:
-    """Whole (decode_flac) or block by block as the stages read (load_audio); a song longer than a block."""
+    """Decoded alone (decode_flac) or as the stages read (load_audio)."""
     flac = encode_flac(music(10.0), SR).data
-    assert 2 * BLOCK_FRAMES < 10 * SR
     with pytest.raises(AudioError, match=message) as error:
-        decode_flac(damage(flac)) if decoder == "whole" else load_audio(damage(flac), SR, AudioChecks())
+        decode_flac(damage(flac)) if decoder == "decode_flac" else load_audio(damage(flac), SR, AudioChecks())
     assert error.value.reason == "decode"
 
 
@@ -452,7 +470,8 @@ def test_bad_audio_goes_to_failures_and_the_run_goes_on(params: dict, tmp_path: 
     for clip, reason in [("silent", "silent"), ("clipped", "clipped"), ("corrupt", "decode")]:
         assert [m for m in warnings if m.startswith(f"features_slices: clip {clip} failed: {reason}: ")], warnings
     lenient = slices_cfg(params, tmp_path, "features_slices.datasets=[mixed]",
-                         "features_slices.default_splits={mixed: x}", "features_slices.store.max_failure_share=0.5")
+                         "features_slices.default_splits={mixed: x}",
+                         "features_slices.store.max_failure_share=0.5")  # fmt: skip
     assert features_slices(lenient, tmp_path)["clips"] == 5
 
 

@@ -11,14 +11,24 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from devtools.mirror.server import MirrorServer
+from devtools.mirror.store import synth_clip, write_store
 from tasks.audio import decode_flac, encode_flac
 from tasks.config import ConfigError, apply_overrides, section_config
-from tasks.features.dataset import FeatureDataset, open_table, read_metadata
+from tasks.features.dataset import open_table, read_metadata
 from tasks.features.frontend import Spectrogram
-from tasks.features.vggish import Postprocessor, VGGish, WeightsError, examples, features_vggish, random_model
+from tasks.features.reader import FeatureDataset
+from tasks.features.vggish import (
+    Postprocessor,
+    VGGish,
+    WeightsError,
+    embed,
+    examples,
+    features_vggish,
+    random_model,
+    random_pca,
+)
 from tasks.fetch import sha256_file
-from tasks.mirror.server import MirrorServer
-from tasks.mirror.store import synth_clip, write_store
 from tasks.storage import Clip
 
 # torchvggish's VGGish state dict (vggish-10086976.pth): every key and shape, as published.
@@ -65,6 +75,31 @@ def test_examples_are_non_overlapping_96_frame_windows() -> None:
     assert torch.equal(batch[3], frames[288:384])
     assert examples(frames[:95], 96).shape == (0, 96, 64)
     assert examples(frames, 48).shape == (19, 96, 64)
+
+
+# CPU and CUDA need not agree bit for bit (cuDNN picks its own convolution algorithms, TF32 by
+# default): 8-bit embeddings may differ by one level, floats by this share of their spread.
+CUDA_LEVELS, CUDA_FLOAT_RTOL, CUDA_DIFFERING_SHARE = 1, 1e-2, 0.02
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the check runs where a GPU is lent")
+def test_cpu_and_cuda_embeddings_agree_within_the_stated_tolerance(params: dict) -> None:
+    """`device: auto` makes the dataset depend on the machine (its metadata records which ran): the two
+    devices must give the same embeddings within CUDA_LEVELS / CUDA_FLOAT_RTOL."""
+    generator = torch.Generator().manual_seed(0)
+    batch = torch.randn(64, 96, 64, generator=generator) * 2 - 3  # log-mel-like levels
+    model, post = random_model(0), random_pca(0)
+    unquantized = ("features_vggish.quantize=false", "features_vggish.clip_range=null")
+    for extra, check in (((), "levels"), (unquantized, "float")):
+        cfg = vggish_cfg(params, Path("unused"), *extra)
+        cpu = embed(model.cpu(), post, batch, cfg, torch.device("cpu"))
+        cuda = embed(model.cuda(), post, batch, cfg, torch.device("cuda"))
+        if check == "levels":
+            diff = (cpu.int() - cuda.int()).abs()
+            assert diff.max() <= CUDA_LEVELS and (diff > 0).float().mean() <= CUDA_DIFFERING_SHARE
+        else:
+            spread = float(cpu.std())
+            assert float((cpu - cuda).abs().max()) <= CUDA_FLOAT_RTOL * spread
 
 
 def vggish_cfg(params: dict, root: Path, *extra: str):
@@ -125,7 +160,7 @@ def test_embeddings_with_published_format_weights_from_path_and_url(
     stored = table["embedding"].combine_chunks().to_numpy_ndarray()
     assert table["index"].to_pylist() == list(range(10))
     assert table["end_sample"].to_pylist()[0] == 95 * 160 + 400
-    blob = pq.read_table(audioset / "raw/audioset/shards/part-00001.parquet").to_pylist()
+    blob = pq.read_table(next((audioset / "raw/audioset/shards").glob("part-00001-*.parquet"))).to_pylist()
     clip = next(r for r in blob if r["id"] == "yt02_30")
     frames = Spectrogram(cfg.frontend)(torch.from_numpy(decode_flac(clip["audio"])[0][:, 0]))
     model = VGGish()

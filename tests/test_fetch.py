@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from devtools.mirror.server import Fault, MirrorServer
 from tasks.config import DownloadConfig
 from tasks.fetch import FetchError, cache_name, fetch, redact, redact_text
-from tasks.mirror.server import Fault, MirrorServer
 
 PAYLOAD = os.urandom(3_000_000)
 SHA = hashlib.sha256(PAYLOAD).hexdigest()

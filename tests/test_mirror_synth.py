@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tasks.mirror.package import (
+from devtools.mirror.package import (
     CAL500_MOOD_TAGS,
     CAL500_RELATED_TAGS,
     RAVDESS_SONG_EMOTIONS,
@@ -25,7 +25,7 @@ from tasks.mirror.package import (
     load_cal500_vocab,
     ravdess_song_filenames,
 )
-from tasks.mirror.synth import MOOD_PROFILES, synthesize
+from devtools.mirror.synth import MOOD_PROFILES, synthesize
 
 SR = 16000
 RAVDESS_NAME = re.compile(r"Actor_(\d\d)/03-02-(0[1-6])-(0[12])-(0[12])-(0[12])-(\d\d)\.wav")
@@ -167,7 +167,7 @@ def test_cal500_archive_layout_and_annotations(tmp_path: Path) -> None:
     assert archive.read_bytes() == again.read_bytes()
     plan = cal500_song_plan(4, seed=3, min_seconds=3.0, max_seconds=5.0)
     vocab = load_cal500_vocab()
-    official = Path(__file__).resolve().parents[1] / "tasks" / "mirror" / "cal500_vocab.txt"
+    official = Path(__file__).resolve().parents[1] / "devtools" / "mirror" / "cal500_vocab.txt"
     assert vocab == official.read_text().split() and len(vocab) == 174
     with tarfile.open(archive) as tar:
         files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.workspace import git
 from tasks.versioning import dvc
-from tasks.workspace import git
 
 from .conftest import PROJECT
 

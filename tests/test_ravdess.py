@@ -64,14 +64,15 @@ def test_acquire_stores_every_song_clip(params: dict, ravdess_zip: Path, tmp_pat
     )
     assert (manifest.sample_rate == 48000).all() and (manifest.actor == 1).all()
     # The stored audio is the original, sample for sample (FLAC is lossless).
-    row = pq.read_table(out / "shards/part-00000.parquet").slice(0, 1).to_pylist()[0]
+    first_shard = out / "shards" / manifest.shard[0]
+    row = pq.read_table(first_shard).slice(0, 1).to_pylist()[0]
     with zipfile.ZipFile(ravdess_zip) as zf:
         original, rate = sf.read(zf.open(f"Actor_01/{row['id']}.wav"), dtype="int16")
     stored, stored_rate = decode_flac(row["audio"], dtype="int16")
     assert stored_rate == rate == 48000
     np.testing.assert_array_equal(stored[:, 0], original)
     # FLAC is stored as it is (zstd and a dictionary gain nothing on it); the metadata is compressed.
-    chunk = pq.ParquetFile(out / "shards/part-00000.parquet").metadata.row_group(0)
+    chunk = pq.ParquetFile(first_shard).metadata.row_group(0)
     columns = {chunk.column(i).path_in_schema: chunk.column(i) for i in range(chunk.num_columns)}
     assert columns["audio"].compression == "UNCOMPRESSED" and "RLE_DICTIONARY" not in columns["audio"].encodings
     assert columns["id"].compression == columns["labels.list.element"].compression == "ZSTD"
@@ -130,6 +131,7 @@ def test_killed_mid_shards_leaves_no_partial_output_and_rerun_skips_done(ravdess
         assert pq.read_table(shard).num_rows == 1
     rerun = subprocess.run(args, capture_output=True, text=True, check=True)
     assert f"skipped {len(done)} " in rerun.stderr
+    assert set(done) <= set(shards.glob("part-*.parquet"))  # kept as they were, under the same names
     assert not list(tmp_path.rglob(".*.tmp-*"))
     manifest = pq.read_table(tmp_path / "data/raw/ravdess/manifest.parquet")
     assert manifest.num_rows == 44 and len(set(manifest.column("id").to_pylist())) == 44

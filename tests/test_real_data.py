@@ -67,8 +67,8 @@ def test_real_cal500_annotations_map_to_stated_label_counts(params: dict) -> Non
 @pytest.mark.slow
 def test_real_ravdess_baseline_on_held_out_singers(tmp_path: Path, mlflow_server: str) -> None:
     """The log-mel statistics baseline on real sung emotions of singers it never heard (actor folds)."""
+    from devtools.workspace import make_workspace
     from tasks.cli import run_stage
-    from tasks.workspace import make_workspace
 
     archive = shutil.make_archive(str(tmp_path / "Audio_Song_Actors_01-24"), "zip", shared("ravdess", "song_flac16k"))
     ws = make_workspace(tmp_path / "ws", [f"acquire_ravdess.download.url={archive}",

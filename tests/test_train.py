@@ -17,8 +17,8 @@ import pytest
 import torch
 import yaml
 
+from devtools.mirror.cli import CorpusSpec
 from tasks.cli import run_stage
-from tasks.mirror.cli import CorpusSpec
 
 from .features_fixture import corpus_workspace
 

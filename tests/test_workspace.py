@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tasks.workspace import AirflowServices, airflow_env
+from devtools.workspace import AirflowServices, airflow_env
 
 
 @pytest.fixture

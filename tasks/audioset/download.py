@@ -1,14 +1,15 @@
 """Stage `acquire_audioset`: the selected segments, by YouTube id, with yt-dlp, into the raw clip store.
 
 Three steps, which the Airflow DAG runs as separate tasks and `dvc repro` runs in one process:
-    plan_audioset      check the store against the selection; keep every clip already fetched
-    download_shard     one shard: bounded concurrency, paced requests, backoff, stop-loss
+    plan_audioset      make sure every clip the store holds is also in the state database
+    download_shard     one shard: fetch what the state lacks within the shared request budget, judge, write
     finalize_audioset  manifest, failures table, metrics per class and split
 
-Each clip: only the section [start, end] is fetched (yt-dlp `download_ranges`, ffmpeg reads it with
-Range requests), converted to `sample_rate` / `channels`, verified (duration, not silent) and staged
-in the state database at once, so a killed task loses nothing; the shard file is written when every
-clip of the shard is stored or has failed.
+Nothing fetched is ever thrown away. Each clip goes into the state database as it arrives (a killed
+task loses nothing) and stays there, whatever the selection or the acceptance thresholds say: the
+shard is judged from it (length, level) when it is written. So new thresholds, a shrunk and regrown
+quota or a new shard size rewrite shards without a single request. The attempt itself is
+`tasks.audioset.ytdlp`; how fast to ask is `tasks.audioset.politeness`.
 """
 
 from __future__ import annotations
@@ -17,41 +18,40 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import shutil
-import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import soundfile as sf
 
-from tasks.audio import FlacBlob, encode_flac
-from tasks.audioset.classify import PERMANENT, RATE_LIMITS, ClipProblem, Problem, classify
+from tasks.audio import FlacBlob, decode_flac
+from tasks.audioset.classify import PERMANENT, RATE_LIMITS, ClipProblem, Problem
 from tasks.audioset.lists import InvalidId, check_ytid
+from tasks.audioset.politeness import Budget, StopLoss, backoff
 from tasks.audioset.select import read_selection
 from tasks.audioset.state import DownloadState, fingerprint
-from tasks.config import AcquireAudiosetConfig, CredentialsConfig
-from tasks.fetch import redact, redact_text
+from tasks.audioset.ytdlp import Credentials, fetch_section
+from tasks.config import AcquireAudiosetConfig
+from tasks.fetch import redact
 from tasks.progress import Tally, track
 from tasks.storage import (
     Clip,
     Failure,
     RawStore,
     StageFailed,
-    atomic_write_text,
     check_failure_share,
     log_failure,
     plan_shards,
+    read_stamp,
     shard_stamp,
     store_metrics,
     write_json,
@@ -70,40 +70,22 @@ META_SCHEMA = pa.schema(
         ("class_ids", pa.list_(pa.string())),
     ]
 )
-PARAMS_FILE = "download.json"  # in the store: the parameters its clips were made with
 
 
 class ShardPaused(StageFailed):
-    """Rate limiting persisted: the shard stopped early; what it fetched is kept for the rerun."""
+    """Persistent rate limiting paused every worker: the shard stopped early, what it fetched is kept.
+
+    `resume_at` (epoch seconds) is when the pause ends; `exhausted` when more than `max_pauses` came in a
+    row, so waiting again is not worth it (the session is likely flagged: new cookies or a proxy).
+    """
+
+    def __init__(self, message: str, resume_at: float, exhausted: bool) -> None:
+        super().__init__(message)
+        self.resume_at, self.exhausted = resume_at, exhausted
 
 
 class _Stopped(Exception):
-    """Raised in a worker once the stop-loss has given up on the shard."""
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """Optional cookies file and proxy. Never logged: repr shows only whether each is set."""
-
-    cookies_file: Path | None = field(default=None, repr=False)
-    proxy: str | None = field(default=None, repr=False)
-
-    def __repr__(self) -> str:
-        state = {name: "set" if value else "unset" for name, value in (("cookies", self.cookies_file),
-                                                                       ("proxy", self.proxy))}  # fmt: skip
-        return f"Credentials(cookies={state['cookies']}, proxy={state['proxy']})"
-
-    @classmethod
-    def from_env(cls, cfg: CredentialsConfig) -> Credentials:
-        cookies = os.environ.get(cfg.cookies_env) or None
-        return cls(Path(cookies) if cookies else None, os.environ.get(cfg.proxy_env) or None)
-
-    def redact(self, text: str) -> str:
-        for secret, mark in ((self.proxy, "<proxy>"), (str(self.cookies_file) if self.cookies_file else None,
-                                                       "<cookies>")):  # fmt: skip
-            if secret:
-                text = text.replace(secret, mark)
-        return text
+    """Raised in a worker once the shard stops for a pause."""
 
 
 @dataclass(frozen=True)
@@ -117,182 +99,74 @@ class Job:
     class_ids: list[str]
 
 
-class Pacer:
-    """A minimum interval between one worker's requests, plus random jitter, so workers never burst."""
-
-    def __init__(self, interval_s: float, jitter_s: float, rng: random.Random, sleep: Callable[[float], None]) -> None:
-        self.interval_s, self.jitter_s, self.rng, self.sleep = interval_s, jitter_s, rng, sleep
-        self.next_at = 0.0
-
-    def wait(self) -> None:
-        delay = self.next_at - time.monotonic()
-        if delay > 0:
-            self.sleep(delay)
-        self.next_at = time.monotonic() + self.interval_s + self.rng.uniform(0.0, self.jitter_s)
-
-
-class StopLoss:
-    """After `after` rate-limited attempts in a row, every worker of the shard pauses for `pause_s`;
-    after `max_pauses` pauses the shard stops instead of burning through the list."""
-
-    def __init__(self, after: int, pause_s: float, max_pauses: int, sleep: Callable[[float], None]) -> None:
-        self.after, self.pause_s, self.max_pauses, self.sleep = after, pause_s, max_pauses, sleep
-        self.streak = self.pauses = 0
-        self.resume_at = 0.0
-        self.stopped = False
-        self.lock = threading.Lock()
-
-    def gate(self) -> None:
-        while True:
-            with self.lock:
-                if self.stopped:
-                    raise _Stopped
-                wait = self.resume_at - time.monotonic()
-            if wait <= 0:
-                return
-            self.sleep(min(wait, 5.0))
-
-    def ok(self) -> None:
-        with self.lock:
-            self.streak = 0
-
-    def limited(self) -> None:
-        with self.lock:
-            self.streak += 1
-            if self.streak < self.after or self.stopped:
-                return
-            self.streak = 0
-            if self.pauses >= self.max_pauses:
-                self.stopped = True
-                log.warning("stop-loss: rate limited after %d pauses; stopping the shard", self.pauses)
-                return
-            self.pauses += 1
-            self.resume_at = time.monotonic() + self.pause_s
-            log.warning("stop-loss: %d rate-limited attempts in a row; pausing the shard %.0f s (pause %d of %d)",
-                        self.after, self.pause_s, self.pauses, self.max_pauses)  # fmt: skip
-
-
-class _YtdlpLog:
-    """yt-dlp's own chatter goes to debug: each outcome is logged once, classified, by the shard loop."""
-
-    def __init__(self, creds: Credentials) -> None:
-        self.creds = creds
-
-    def debug(self, msg: str) -> None:
-        log.debug("yt-dlp: %s", redact_text(self.creds.redact(msg)))
-
-    info = warning = error = debug
-
-
-def ytdlp_options(cfg: AcquireAudiosetConfig, job: Job, workdir: Path, creds: Credentials) -> dict[str, Any]:
-    from yt_dlp.utils import download_range_func
-
-    opts: dict[str, Any] = {
-        "format": "bestaudio/best",
-        "outtmpl": "clip.%(ext)s",
-        "paths": {"home": str(workdir), "temp": str(workdir)},
-        "download_ranges": download_range_func(None, [(job.start, job.end)]),
-        "postprocessors": [{"key": "FFmpegExtractAudio", "preferredcodec": "wav"}],
-        "postprocessor_args": {"extractaudio": ["-ar", str(cfg.sample_rate), "-ac", str(cfg.channels)]},
-        # ffmpeg reads the section itself; without a timeout a stalled server would hang it forever.
-        "external_downloader_args": {"ffmpeg_i": ["-rw_timeout", str(int(cfg.socket_timeout_s * 1e6))]},
-        "socket_timeout": cfg.socket_timeout_s,
-        "retries": 0, "fragment_retries": 0, "extractor_retries": 0, "file_access_retries": 0,  # we retry, counted
-        "noplaylist": True, "overwrites": True, "cachedir": False,
-        "quiet": True, "no_warnings": True, "noprogress": True, "logger": _YtdlpLog(creds),
-    }  # fmt: skip
-    if creds.cookies_file:
-        # yt-dlp writes cookies back on exit: each download gets its own copy, the user's file stays as it is.
-        copy = workdir / "cookies.txt"
-        shutil.copyfile(creds.cookies_file, copy)
-        opts["cookiefile"] = str(copy)
-    if creds.proxy:
-        opts["proxy"] = creds.proxy
-    return opts
-
-
-def verify(path: Path, job: Job, cfg: AcquireAudiosetConfig) -> FlacBlob:
-    """Decoded audio of the expected rate, length (within the tolerance) and level, as FLAC."""
-    try:
-        samples, rate = sf.read(path, dtype="int16", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
-        raise ClipProblem(Problem("postprocessing", f"converted audio is unreadable: {exc}")) from exc
-    if rate != cfg.sample_rate or samples.shape[1] != cfg.channels:
-        raise ClipProblem(Problem("postprocessing", f"converted audio is {rate} Hz x {samples.shape[1]}, expected "
-                                                    f"{cfg.sample_rate} Hz x {cfg.channels}"))  # fmt: skip
-    seconds, expected = samples.shape[0] / rate, job.end - job.start
+def judge(flac: FlacBlob, job: Job, cfg: AcquireAudiosetConfig) -> Problem | None:
+    """Why a fetched clip is not kept under today's thresholds, or None: it is long and loud enough."""
+    seconds, expected = flac.frames / flac.sample_rate, job.end - job.start
     if abs(seconds - expected) > cfg.duration_tolerance_s:
-        raise ClipProblem(Problem("duration_mismatch", f"got {seconds:.2f} s of audio for the {expected:.2f} s segment "
-                                                       f"{job.start:g}-{job.end:g} (tolerance "
-                                                       f"{cfg.duration_tolerance_s:g} s)"))  # fmt: skip
-    rms = math.sqrt(float(np.mean(np.square(samples.astype(np.float64) / 32768.0))))
+        return Problem("duration_mismatch", f"got {seconds:.2f} s of audio for the {expected:.2f} s segment "
+                                            f"{job.start:g}-{job.end:g} (tolerance "
+                                            f"{cfg.duration_tolerance_s:g} s)")  # fmt: skip
+    samples, _ = decode_flac(flac.data)
+    rms = math.sqrt(float(np.mean(np.square(samples, dtype=np.float64)))) if samples.size else 0.0
     level = 20 * math.log10(rms) if rms > 0 else -math.inf
     if level < cfg.silence_dbfs:
-        raise ClipProblem(Problem("silent", f"RMS level {level:.1f} dBFS is below {cfg.silence_dbfs:g} dBFS"))
-    return encode_flac(samples[:, 0] if cfg.channels == 1 else samples, rate)
-
-
-def fetch_section(cfg: AcquireAudiosetConfig, job: Job, creds: Credentials, scratch: Path) -> FlacBlob:
-    """One attempt at one clip: yt-dlp's Python API, never a shell string."""
-    import yt_dlp
-
-    url = cfg.url_template.format(ytid=check_ytid(job.ytid))
-    with tempfile.TemporaryDirectory(prefix="clip-", dir=scratch) as tmp:
-        workdir = Path(tmp)
-        try:
-            with yt_dlp.YoutubeDL(ytdlp_options(cfg, job, workdir, creds)) as ydl:
-                ydl.download([url])
-        except ClipProblem:
-            raise
-        except Exception as exc:  # yt-dlp raises DownloadError, or a bare TransportError from some paths
-            problem = classify(exc)
-            message = redact_text(creds.redact(problem.message))  # cookies, proxy and any secret in the URL
-            raise ClipProblem(Problem(problem.reason, message, problem.retry_after)) from None
-        out = workdir / "clip.wav"
-        if not out.exists():
-            raise ClipProblem(Problem("postprocessing", "yt-dlp finished but wrote no audio file"))
-        return verify(out, job, cfg)
+        return Problem("silent", f"RMS level {level:.1f} dBFS is below {cfg.silence_dbfs:g} dBFS")
+    return None
 
 
 class ShardDownloader:
-    """Downloads the missing clips of one shard with bounded concurrency."""
+    """Fetches the missing clips of one shard with bounded concurrency, within the shared budget.
 
-    def __init__(self, cfg: AcquireAudiosetConfig, index: int, creds: Credentials, scratch: Path,
-                 sleep: Callable[[float], None] = time.sleep) -> None:  # fmt: skip
+    wait_out_pauses: sleep through a pause of the budget (the CLI), or stop the shard at once so that
+    its worker slot is free until the pause ends (Airflow reschedules it for then).
+    """
+
+    def __init__(self, cfg: AcquireAudiosetConfig, index: int, creds: Credentials, scratch: Path, budget: Budget,
+                 sleep: Callable[[float], None] = time.sleep, wait_out_pauses: bool = True) -> None:  # fmt: skip
         self.cfg, self.index, self.creds, self.scratch, self.sleep = cfg, index, creds, scratch, sleep
+        self.budget, self.wait_out_pauses = budget, wait_out_pauses
         sl = cfg.stop_loss
-        self.stop_loss = StopLoss(sl.after, sl.pause_s, sl.max_pauses, sleep)
+        self.stop_loss = StopLoss(budget, sl.after, sl.pause_s, sl.max_pauses)
+        self.resume_at = 0.0
         self._local = threading.local()
         self._workers = 0
         self._lock = threading.Lock()
 
-    def _pacer(self) -> Pacer:
-        if not hasattr(self._local, "pacer"):
+    def _rng(self) -> random.Random:
+        if not hasattr(self._local, "rng"):
             with self._lock:
                 self._workers += 1
                 worker = self._workers
-            rng = random.Random(f"{self.cfg.seed}/{self.index}/{worker}")
-            self._local.pacer = Pacer(self.cfg.min_interval_s, self.cfg.jitter_s, rng, self.sleep)
-        return self._local.pacer
+            self._local.rng = random.Random(f"{self.cfg.seed}/{self.index}/{worker}")
+        return self._local.rng
 
-    def backoff(self, attempt: int, problem: Problem) -> float:
-        """Exponential backoff; a server's Retry-After is honoured when it asks for longer, up to max_backoff_s."""
-        wait = self.cfg.backoff_s * 2 ** (attempt - 1)
-        if problem.retry_after is not None:
-            wait = max(wait, problem.retry_after)
-        return min(wait, self.cfg.max_backoff_s)
+    def _gate(self) -> None:
+        """Wait for a request from the shared budget; a pause stops the shard unless it is waited out."""
+        if self.cfg.jitter_s:
+            self.sleep(self._rng().uniform(0.0, self.cfg.jitter_s))
+        while True:
+            if self.stop_loss.stopped:
+                raise _Stopped
+            gate = self.budget.take()
+            if gate.wait_s <= 0:
+                return
+            if gate.paused_until:
+                with self._lock:
+                    self.resume_at = max(self.resume_at, gate.paused_until)
+                if not self.wait_out_pauses:
+                    raise _Stopped
+            self.sleep(min(gate.wait_s, 5.0))
 
-    def clip(self, job: Job) -> Clip | Failure:
-        source = "selection"
+    def fetch(self, job: Job) -> FlacBlob | Failure:
         try:
-            source = redact(self.cfg.url_template.format(ytid=check_ytid(job.ytid)))  # stored in manifest, failures
+            check_ytid(job.ytid)
         except InvalidId as exc:
-            return Failure(job.id, source, STAGE, "invalid_id", str(exc), 0)
+            return Failure(job.id, "selection", STAGE, "invalid_id", str(exc), 0)
+        source = _source(self.cfg, job)
         for attempt in range(1, self.cfg.attempts + 1):
-            self.stop_loss.gate()
-            self._pacer().wait()
+            self._gate()
             try:
-                flac = fetch_section(self.cfg, job, self.creds, self.scratch)
+                flac = fetch_section(self.cfg, job.ytid, (job.start, job.end), self.creds, self.scratch)
             except ClipProblem as exc:
                 problem = exc.problem
                 if problem.reason in RATE_LIMITS:
@@ -301,18 +175,23 @@ class ShardDownloader:
                     self.stop_loss.ok()  # a definite answer: the server is talking to us
                 if problem.permanent or attempt == self.cfg.attempts:
                     return Failure(job.id, source, STAGE, problem.reason, problem.message, attempt)
-                wait = self.backoff(attempt, problem)
+                wait = backoff(self.cfg.backoff_s, self.cfg.max_backoff_s, attempt, problem.retry_after)
                 log.info("%s: %s (attempt %d of %d); retrying in %.1f s", job.id, problem.reason, attempt,
                          self.cfg.attempts, wait)  # fmt: skip
                 self.sleep(wait)
                 continue
             self.stop_loss.ok()
-            return Clip(job.id, flac, job.labels, source, _meta(job))
+            return flac
         raise AssertionError("unreachable: the last attempt returns")
 
 
 def _meta(job: Job) -> dict[str, Any]:
     return {"ytid": job.ytid, "start_s": job.start, "end_s": job.end, "split": job.split, "class_ids": job.class_ids}
+
+
+def _source(cfg: AcquireAudiosetConfig, job: Job) -> str:
+    """Where the clip comes from, as the manifest and failures show it: no secret of the URL."""
+    return redact(cfg.url_template.format(ytid=job.ytid))
 
 
 # ----------------------------------------------------------------------------- the three steps
@@ -329,16 +208,17 @@ def _rows_stamp(jobs: dict[str, Job], ids: list[str]) -> dict[str, str]:
 
 
 def _keys(cfg: AcquireAudiosetConfig) -> dict[str, Any]:
-    """clip_key: parameters that shape a stored clip; source_key: those plus where it comes from."""
-    shape = {"sample_rate": cfg.sample_rate, "channels": cfg.channels,
-             "duration_tolerance_s": cfg.duration_tolerance_s, "silence_dbfs": cfg.silence_dbfs}  # fmt: skip
-    return {**shape, "clip_key": fingerprint(shape),
-            "source_key": fingerprint({**shape, "url_template": cfg.url_template})}  # fmt: skip
+    """What shapes a shard: the audio's form, the thresholds that judge it, and where clips come from.
+    audio_key keys the fetched clips (the thresholds never invalidate them); source_key the failures."""
+    audio = {"sample_rate": cfg.sample_rate, "channels": cfg.channels}
+    return {**audio, "duration_tolerance_s": cfg.duration_tolerance_s, "silence_dbfs": cfg.silence_dbfs,
+            "audio_key": fingerprint(audio),
+            "source_key": fingerprint({**audio, "url_template": redact(cfg.url_template)})}  # fmt: skip
 
 
 def _state(cfg: AcquireAudiosetConfig, root: Path) -> DownloadState:
     keys = _keys(cfg)
-    return DownloadState(root / cfg.state_dir, keys["clip_key"], keys["source_key"])
+    return DownloadState(root / cfg.state_dir, keys["audio_key"], keys["source_key"])
 
 
 def _jobs(cfg: AcquireAudiosetConfig, root: Path) -> dict[str, Job]:
@@ -351,68 +231,69 @@ def _plan(cfg: AcquireAudiosetConfig, jobs: dict[str, Job]) -> list[list[str]]:
     return plan_shards(jobs, cfg.store.shard_rows)
 
 
-def _part_ids(path: Path) -> list[str]:
-    return pq.read_table(path, columns=["id"]).column("id").to_pylist() if path.exists() else []
-
-
 def plan_audioset(cfg: AcquireAudiosetConfig, root: Path) -> list[int]:
-    """Shard indexes to run. Clips of shards that the new plan cuts differently are staged first,
-    so no shard task has to fetch a clip that is already in the store."""
+    """Shard indexes to run. A stored clip the state lacks (a store from `dvc pull`, or from before the
+    state kept every clip) is saved into it first, so no shard task fetches what the workspace holds."""
     jobs = _jobs(cfg, root)
     plan = _plan(cfg, jobs)
     store = _store(cfg, root)
     store.remove_partial_files()
-    keys = _keys(cfg)
-    params_path = store.root / PARAMS_FILE
-    old = _read_json(params_path)
-    if old.get("clip_key") != keys["clip_key"]:
-        if store.shards_dir.exists() or store.failures_dir.exists():
-            log.info("%s: clip parameters changed; the stored clips do not fit them and are discarded", STAGE)
-        shutil.rmtree(store.shards_dir, ignore_errors=True)
-        shutil.rmtree(store.failures_dir, ignore_errors=True)
-    elif old.get("source_key") != keys["source_key"]:
-        log.info("%s: url_template changed; failed clips will be tried again at the new source", STAGE)
-        shutil.rmtree(store.failures_dir, ignore_errors=True)
     state = _state(cfg, root)
     try:
-        staged = 0
-        for path in sorted(store.shards_dir.glob("part-*.parquet")):
-            index = int(path.stem.split("-")[1])
-            failures = store.shard_failures_path(index)
-            if failures.exists():
-                for row in pq.read_table(failures).to_pylist():
-                    if _is_permanent(row["reason"]):
-                        state.remember(Failure(**row))
-            if index < len(plan) and sorted(_part_ids(path) + _part_ids(failures)) == sorted(plan[index]):
-                continue
-            table = pq.read_table(path)
-            for row in table.to_pylist():
-                if row["id"] in jobs:
-                    state.stage(row["id"], FlacBlob(row["audio"], row["sample_rate"], row["channels"], row["frames"]))
-                    staged += 1
-        if staged:
-            log.info("%s: %d stored clips staged for their new shards", STAGE, staged)
+        imported = sum(_import_shard(store.failures_dir / path.name, path, state)
+                       for path in store.current_shards().values())  # fmt: skip
     finally:
         state.close()
-    atomic_write_text(json.dumps(keys, indent=2, sort_keys=True) + "\n", params_path)
+    if imported:
+        log.info("%s: %d stored clips saved into the download state", STAGE, imported)
     log.info("%s: %d clips selected in %d shards of up to %d", STAGE, len(jobs), len(plan), cfg.store.shard_rows)
     return list(range(len(plan)))
+
+
+def _import_shard(failures: Path, path: Path, state: DownloadState) -> int:
+    """Save a stored shard's clips the state lacks, and its permanent failures from the same source."""
+    if failures.exists() and (read_stamp(failures) or {}).get("source_key") == state.source_key:
+        for row in pq.read_table(failures).to_pylist():
+            if _is_permanent(row["reason"]) and row["reason"] not in JUDGED:
+                state.remember(Failure(**row))
+    try:
+        ids = pq.read_table(path, columns=["id"]).column("id").to_pylist()
+        missing = set(ids) - state.fetched_ids(ids)
+        if not missing:
+            return 0
+        rows = pq.read_table(path, columns=["id", "audio", "sample_rate", "channels", "frames"]).to_pylist()
+    except (pa.ArrowInvalid, OSError) as exc:
+        log.warning("%s is unreadable (%s); its clips come from the state or are fetched again", path.name, exc)
+        return 0
+    for r in rows:
+        if r["id"] in missing:
+            state.save(r["id"], FlacBlob(r["audio"], r["sample_rate"], r["channels"], r["frames"]))
+    return len(missing)
+
+
+JUDGED = {"duration_mismatch", "silent"}  # judged from the fetched audio, never remembered as source failures
 
 
 def _is_permanent(reason: str) -> bool:
     return PERMANENT.get(reason, False)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _transient_failures(store: RawStore, index: int) -> bool:
+    path = store.shard_failures_path(index)
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
+        reasons = pq.read_table(path, columns=["reason"]).column("reason").to_pylist() if path.exists() else []
+    except (pa.ArrowInvalid, OSError):
+        return True
+    return any(not _is_permanent(r) for r in reasons)
 
 
 def download_shard(cfg: AcquireAudiosetConfig, root: Path, index: int, creds: Credentials | None = None,
-                   sleep: Callable[[float], None] = time.sleep) -> dict[str, int]:  # fmt: skip
-    """Fetch what shard `index` lacks and write it; stored clips and remembered failures are reused."""
+                   sleep: Callable[[float], None] = time.sleep,
+                   wait_out_pauses: bool = True) -> dict[str, int]:  # fmt: skip
+    """Fetch what shard `index` lacks and write it; fetched clips and remembered failures are reused.
+
+    Raises ShardPaused when the budget is paused and `wait_out_pauses` is false, or after too many pauses.
+    """
     jobs = _jobs(cfg, root)
     plan = _plan(cfg, jobs)
     if index >= len(plan):
@@ -420,60 +301,70 @@ def download_shard(cfg: AcquireAudiosetConfig, root: Path, index: int, creds: Cr
     ids = plan[index]
     store = _store(cfg, root)
     tally = Tally(f"{STAGE} shard {index}")
-    wanted = set(ids)
-    stored = _stored_clips(store, index, wanted)
-    old_failures = {i: f for i, f in _failures(store, index).items() if i in wanted}
-    transient = [i for i, f in old_failures.items() if not _is_permanent(f.reason)]
-    if store.shard_done(index, ids, _rows_stamp(jobs, ids)) and not transient:
+    stamp = _rows_stamp(jobs, ids)
+    if store.shard_done(index, ids, stamp) and not _transient_failures(store, index):
         tally.add("skipped", len(ids))
         log.info(tally.summary())
         return dict(tally.counts)
     state = _state(cfg, root)
     try:
-        clips = {i: Clip(i, flac, jobs[i].labels, redact(cfg.url_template.format(ytid=jobs[i].ytid)), _meta(jobs[i]))
-                 for i, flac in {**state.staged(ids), **stored}.items()}  # fmt: skip
-        failures = {i: f for i, f in {**old_failures, **state.remembered(ids)}.items()
-                    if i not in clips and _is_permanent(f.reason)}  # fmt: skip
-        tally.add("skipped", len(clips) + len(failures))
-        todo = [jobs[i] for i in ids if i not in clips and i not in failures]
+        fetched = state.fetched(ids)
+        failures = {i: f for i, f in state.remembered(ids).items() if i not in fetched}
+        tally.add("skipped", len(fetched) + len(failures))
+        todo = [jobs[i] for i in ids if i not in fetched and i not in failures]
         # yt-dlp's working files; a killed attempt's leftovers go when the shard runs again.
         scratch = root / cfg.state_dir / "tmp" / f"shard-{index:05d}"
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
-        downloader = ShardDownloader(cfg, index, creds or Credentials.from_env(cfg.credentials), scratch, sleep)
-        stopped = _download(downloader, todo, state, clips, failures, tally)
+        budget = Budget(root / cfg.state_dir, cfg.url_template, cfg.max_requests_per_hour, cfg.burst)
+        downloader = ShardDownloader(cfg, index, creds or Credentials.from_env(cfg.credentials), scratch, budget,
+                                     sleep, wait_out_pauses)  # fmt: skip
+        stopped = _download(downloader, todo, state, fetched, failures, tally)
         shutil.rmtree(scratch, ignore_errors=True)
-        if stopped:
-            left = len(ids) - len(clips) - len(failures)
-            raise ShardPaused(f"{STAGE}: shard {index} stopped by the stop-loss after persistent rate limiting; "
-                              f"{left} clips left for a later run; the {len(clips)} fetched are kept")  # fmt: skip
-        store.write_shard(index, [clips[i] for i in sorted(clips)], [failures[i] for i in sorted(failures)],
-                          _rows_stamp(jobs, ids))  # fmt: skip
-        state.unstage(clips)
     finally:
         state.close()
+    if stopped:
+        left = len(ids) - len(fetched) - len(failures)
+        exhausted = downloader.stop_loss.stopped
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(downloader.resume_at))
+        why = ("rate limited through more than max_pauses pauses in a row (new cookies or a proxy may help)"
+               if exhausted else
+               f"the request budget is paused until {when} after persistent rate limiting")  # fmt: skip
+        raise ShardPaused(f"{STAGE}: shard {index} stopped by the stop-loss: {why}; {left} clips left for a later "
+                          f"run; the {len(fetched)} fetched are kept", downloader.resume_at, exhausted)  # fmt: skip
+    clips = []
+    for i in sorted(fetched):
+        problem = judge(fetched[i], jobs[i], cfg)
+        if problem is None:
+            clips.append(Clip(i, fetched[i], jobs[i].labels, _source(cfg, jobs[i]), _meta(jobs[i])))
+            continue
+        failures[i] = Failure(i, _source(cfg, jobs[i]), STAGE, problem.reason, problem.message, 1)
+        tally.add("failed", reason=problem.reason)
+        log_failure(failures[i])
+    store.write_shard(index, clips, [failures[i] for i in sorted(failures)], stamp)
     log.info(tally.summary())
     return dict(tally.counts)
 
 
-def _download(downloader: ShardDownloader, todo: list[Job], state: DownloadState, clips: dict[str, Clip],
+def _download(downloader: ShardDownloader, todo: list[Job], state: DownloadState, fetched: dict[str, FlacBlob],
               failures: dict[str, Failure], tally: Tally) -> bool:  # fmt: skip
-    """Run the jobs; results are saved in the state as they arrive. True when the stop-loss stopped the shard."""
+    """Run the jobs; each clip is saved in the state as it arrives. True when the shard stopped for a pause."""
     if not todo:
         return False
     stopped = False
     index = downloader.index
     with ThreadPoolExecutor(max_workers=downloader.cfg.concurrency, thread_name_prefix=f"shard{index}") as pool:
-        futures = [pool.submit(downloader.clip, job) for job in todo]
+        futures = {pool.submit(downloader.fetch, job): job for job in todo}
         for future in track(as_completed(futures), len(futures), f"{STAGE} shard {index}"):
             try:
                 result = future.result()
             except _Stopped:
                 stopped = True
                 continue
-            if isinstance(result, Clip):
-                state.stage(result.id, result.flac)
-                clips[result.id] = result
+            job = futures[future]
+            if isinstance(result, FlacBlob):
+                state.save(job.id, result)
+                fetched[job.id] = result
                 tally.add("done")
                 continue
             if _is_permanent(result.reason):
@@ -482,26 +373,6 @@ def _download(downloader: ShardDownloader, todo: list[Job], state: DownloadState
             tally.add("failed", reason=result.reason)
             log_failure(result)
     return stopped
-
-
-def _stored_clips(store: RawStore, index: int, ids: set[str]) -> dict[str, FlacBlob]:
-    path = store.shard_path(index)
-    if not path.exists():
-        return {}
-    try:
-        rows = pq.read_table(path, columns=["id", "audio", "sample_rate", "channels", "frames"]).to_pylist()
-    except (pa.ArrowInvalid, OSError) as exc:
-        log.warning("%s is unreadable (%s); its clips come from the state or are fetched again", path.name, exc)
-        return {}
-    return {r["id"]: FlacBlob(r["audio"], r["sample_rate"], r["channels"], r["frames"]) for r in rows if r["id"] in ids}
-
-
-def _failures(store: RawStore, index: int) -> dict[str, Failure]:
-    path = store.shard_failures_path(index)
-    try:
-        return {r["id"]: Failure(**r) for r in pq.read_table(path).to_pylist()} if path.exists() else {}
-    except (pa.ArrowInvalid, OSError):
-        return {}
 
 
 def finalize_audioset(cfg: AcquireAudiosetConfig, root: Path) -> dict[str, Any]:
@@ -514,11 +385,6 @@ def finalize_audioset(cfg: AcquireAudiosetConfig, root: Path) -> dict[str, Any]:
         raise StageFailed(f"{STAGE}: shards {missing} are not complete (stopped by the stop-loss or failed); "
                           "rerun to resume them: nothing fetched so far is lost")  # fmt: skip
     manifest, failed = store.finalize(len(plan))
-    state = _state(cfg, root)
-    try:
-        state.unstage(manifest.column("id").to_pylist())
-    finally:
-        state.close()
     metrics = summarize(jobs, manifest, failed)
     write_json(metrics, root / cfg.store.metrics_file)
     reasons = ", ".join(f"{k}: {v}" for k, v in metrics["failed_by_reason"].items()) or "none"

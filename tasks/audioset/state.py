@@ -1,9 +1,12 @@
-"""What the downloader remembers between runs, outside the DVC outputs (`dvc repro` never wipes it).
+"""What the downloader keeps between runs, outside the DVC outputs (`dvc repro` never wipes it).
 
-One SQLite file under `state_dir`, safe for several shard tasks at once:
-- `staged`: verified clips whose shard is not written yet, so a killed task loses no download;
-- `failed`: permanent failures, so the next run does not ask YouTube again.
-Rows are keyed by clip id and a fingerprint of the parameters that shaped them.
+One SQLite file under `state_dir`, safe for several shard tasks and threads at once:
+- `fetched`: every clip ever fetched and decoded, whatever the acceptance thresholds or the selection
+  say today. The store is judged from it, so new thresholds, a shrunk quota or a new shard size never
+  ask the source again. Keyed by clip id and the parameters that shape the audio (rate, channels).
+- `failed`: permanent source failures (gone, private, ...), so the next run does not ask again.
+  Keyed by clip id and the source as well.
+- `budget`: the request budget every worker shares (`tasks.audioset.politeness`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from tasks.audio import FlacBlob
 from tasks.storage import Failure
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS staged (
+CREATE TABLE IF NOT EXISTS fetched (
     id TEXT NOT NULL, fingerprint TEXT NOT NULL, flac BLOB NOT NULL,
     sample_rate INTEGER NOT NULL, channels INTEGER NOT NULL, frames INTEGER NOT NULL,
     PRIMARY KEY (id, fingerprint));
@@ -27,6 +30,9 @@ CREATE TABLE IF NOT EXISTS failed (
     id TEXT NOT NULL, fingerprint TEXT NOT NULL, source TEXT NOT NULL, stage TEXT NOT NULL,
     reason TEXT NOT NULL, message TEXT NOT NULL, attempts INTEGER NOT NULL,
     PRIMARY KEY (id, fingerprint));
+CREATE TABLE IF NOT EXISTS budget (
+    name TEXT PRIMARY KEY, tokens REAL NOT NULL, updated REAL NOT NULL,
+    paused_until REAL NOT NULL, pauses INTEGER NOT NULL);
 """
 
 
@@ -34,36 +40,47 @@ def fingerprint(values: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def connect(state_dir: Path) -> sqlite3.Connection:
+    """A connection in autocommit mode: each statement is its own transaction unless one is begun."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(state_dir / "state.sqlite", timeout=120, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(SCHEMA)
+    return db
+
+
 class DownloadState:
-    def __init__(self, state_dir: Path, clip_key: str, source_key: str) -> None:
-        """clip_key: what makes a stored clip valid; source_key: that plus where it was fetched from."""
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self.path = state_dir / "state.sqlite"
-        self.clip_key, self.source_key = clip_key, source_key
-        self.db = sqlite3.connect(self.path, timeout=120, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(SCHEMA)
+    def __init__(self, state_dir: Path, audio_key: str, source_key: str) -> None:
+        """audio_key: what shapes a fetched clip's audio; source_key: that plus where it was fetched from."""
+        self.audio_key, self.source_key = audio_key, source_key
+        self.db = connect(state_dir)
 
     def close(self) -> None:
         self.db.close()
 
-    def stage(self, clip_id: str, flac: FlacBlob) -> None:
-        self.db.execute("INSERT OR REPLACE INTO staged VALUES (?, ?, ?, ?, ?, ?)",
-                        (clip_id, self.clip_key, flac.data, flac.sample_rate, flac.channels, flac.frames))  # fmt: skip
+    def save(self, clip_id: str, flac: FlacBlob) -> None:
+        self.db.execute("INSERT OR REPLACE INTO fetched VALUES (?, ?, ?, ?, ?, ?)",
+                        (clip_id, self.audio_key, flac.data, flac.sample_rate, flac.channels, flac.frames))  # fmt: skip
 
-    def staged(self, ids: Sequence[str]) -> dict[str, FlacBlob]:
+    def fetched(self, ids: Sequence[str]) -> dict[str, FlacBlob]:
         found = {}
         for chunk in _chunks(ids):
             marks = ",".join("?" * len(chunk))
             for cid, data, rate, channels, frames in self.db.execute(
-                f"SELECT id, flac, sample_rate, channels, frames FROM staged WHERE fingerprint = ? AND id IN ({marks})",
-                (self.clip_key, *chunk),
+                f"SELECT id, flac, sample_rate, channels, frames FROM fetched "
+                f"WHERE fingerprint = ? AND id IN ({marks})",
+                (self.audio_key, *chunk),
             ):
                 found[cid] = FlacBlob(data, rate, channels, frames)
         return found
 
-    def unstage(self, ids: Iterable[str]) -> None:
-        self.db.executemany("DELETE FROM staged WHERE id = ?", [(i,) for i in ids])
+    def fetched_ids(self, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT id FROM fetched WHERE fingerprint = ? AND id IN ({marks})"
+            found.update(cid for (cid,) in self.db.execute(query, (self.audio_key, *chunk)))
+        return found
 
     def remember(self, failure: Failure) -> None:
         f = failure

@@ -14,8 +14,10 @@ matplotlib.use("Agg")
 import jinja2
 import matplotlib.pyplot as plt
 import numpy as np
-import pyarrow.dataset as pads
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
+from tasks.storage import MANIFEST, read_store
 from tasks.train.report import confusion
 
 STAGING = ".cache/evaluate"  # reports are built here, outside every DVC output and dependency, then renamed
@@ -71,16 +73,18 @@ def excerpt(raw_store: Path, clip_id: str, start_s: float, seconds: float) -> tu
     """A few seconds of a clip from the raw store as an MP3 data URI (pydub) and its time span, or None and why not."""
     from pydub import AudioSegment
 
-    shards = pads.dataset(raw_store / "shards", format="parquet") if (raw_store / "shards").exists() else None
-    if shards is None:
+    if not (raw_store / MANIFEST).exists():
         return None, f"no raw clip store at {raw_store}"
-    table = shards.to_table(columns=["id", "audio"], filter=pads.field("id") == clip_id)
-    if table.num_rows == 0:
+    with read_store(raw_store) as store:
+        shards = store.manifest.filter(pc.field("id") == clip_id).column("shard").to_pylist()
+        table = pq.read_table(store.shard_file(shards[0]), columns=["audio"], filters=pc.field("id") == clip_id) \
+            if shards else None  # fmt: skip
+    if table is None or table.num_rows == 0:
         return None, f"clip {clip_id} is not in {raw_store}"
     audio = AudioSegment.from_file(io.BytesIO(table.column("audio")[0].as_py()), format="flac")
     start_ms = max(0, min(int(start_s * 1000), len(audio) - int(seconds * 1000)))
     buffer = io.BytesIO()
-    audio[start_ms:start_ms + int(seconds * 1000)].export(buffer, format="mp3", bitrate="64k")
+    audio[start_ms : start_ms + int(seconds * 1000)].export(buffer, format="mp3", bitrate="64k")
     span = f"{start_ms / 1000:.1f}-{(start_ms + seconds * 1000) / 1000:.1f} s"
     return f"data:audio/mpeg;base64,{base64.b64encode(buffer.getvalue()).decode()}", span
 

@@ -24,6 +24,7 @@ import torch
 from tasks.config import EvaluateConfig
 from tasks.evaluate.model import EvaluationError, TrainedModel
 from tasks.features.dataset import FAILURES, read_metadata
+from tasks.storage import MANIFEST, read_store
 from tasks.train.data import ClipData, read_partition
 
 HELD_OUT = "held_out"
@@ -108,8 +109,10 @@ def check_features(model: TrainedModel, features_dir: Path) -> str:
                               f"holds {metadata.get('frontend')}: rerun the features or train again")  # fmt: skip
     learned_hash = model.card["features"].get("params_hash")
     if learned_hash and metadata.get("params_hash") != learned_hash:
-        return (f"the features' parameters changed since training (params hash {learned_hash} then, "
-                f"{metadata.get('params_hash')} now): same front end, but datasets or slicing may differ")
+        return (
+            f"the features' parameters changed since training (params hash {learned_hash} then, "
+            f"{metadata.get('params_hash')} now): same front end, but datasets or slicing may differ"
+        )
     return ""
 
 
@@ -164,13 +167,14 @@ def cal500_labels(store: Path, clip_ids: list[str], vocabulary: str, classes: li
     """CAL500 songs' labels in a training vocabulary, and each label's soft annotation (the strongest of the
     tags that assert it): the rank-aware score's strength. A label no CAL500 tag asserts (RAVDESS neutral,
     fearful) has strength 0: a song can never carry it."""
-    manifest_path, mapping_path = store / "manifest.parquet", store / "vocabularies.json"
+    manifest_path, mapping_path = store / MANIFEST, store / "vocabularies.json"
     for path in (manifest_path, mapping_path, store / "vocab.txt"):
         if not path.exists():
             raise EvaluationError(f"CAL500 test songs need the raw store's {path} (rerun acquire_cal500)")
     mapping = json.loads(mapping_path.read_text())
     column = f"labels_{vocabulary}"
-    manifest = pq.read_table(manifest_path)
+    with read_store(store) as held:
+        manifest = held.manifest
     if column not in manifest.column_names or vocabulary not in mapping:
         raise EvaluationError(f"{manifest_path} has no {column} column: add a {vocabulary!r} entry to "
                               "acquire_cal500.vocabularies and rerun acquire_cal500")  # fmt: skip
@@ -193,10 +197,10 @@ def clips_without_slices(raw_dir: Path, features_dir: Path, dataset: str, split:
                          data: ClipData) -> list[dict[str, Any]]:  # fmt: skip
     """Clips of the raw store's partition that have no feature rows: id, the features stage's reason, and the
     labels the store gives them (`tags`)."""
-    manifest_path = raw_dir / dataset / "manifest.parquet"
-    if not manifest_path.exists():
+    if not (raw_dir / dataset / MANIFEST).exists():
         return []
-    manifest = pq.read_table(manifest_path)
+    with read_store(raw_dir / dataset) as store:
+        manifest = store.manifest
     ids, labels = manifest.column("id").to_pylist(), manifest.column("labels").to_pylist()
     splits = manifest.column("split").to_pylist() if "split" in manifest.column_names else [split] * len(ids)
     present = set(data.clip_ids)
@@ -205,6 +209,8 @@ def clips_without_slices(raw_dir: Path, features_dir: Path, dataset: str, split:
     if failures_path.exists():
         failures = pq.read_table(failures_path).to_pylist()
         reasons = {f["id"]: f"{f['reason']}: {f['message']}" for f in failures}
-    return [{"clip_id": i, "tags": list(tags), "reason": reasons.get(i, "no feature rows (nor a features failure)")}
-            for i, tags, s in zip(ids, labels, splits, strict=True) if s == split and i not in present]
-
+    return [
+        {"clip_id": i, "tags": list(tags), "reason": reasons.get(i, "no feature rows (nor a features failure)")}
+        for i, tags, s in zip(ids, labels, splits, strict=True)
+        if s == split and i not in present
+    ]

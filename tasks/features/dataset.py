@@ -1,12 +1,17 @@
-"""Feature datasets: Parquet partitioned by dataset and split, tensors in fixed_shape_tensor columns.
+"""Feature datasets on disk, and their writer: Parquet partitioned by dataset and split, tensors in
+fixed_shape_tensor columns. The inputs come from tasks.features.inputs; training reads the rows with
+tasks.features.reader.
 
 Layout of one feature dataset (a DVC output):
-    dataset=<name>/split=<split>/part-SSSSS-CCC.parquet  rows of input shard SSSSS, chunk CCC
-    _shards/<name>-part-SSSSS.parquet                   failures of that input shard; written
-                                                         last, it marks the shard done
-    _failures.parquet                                    every failure
-    _dataset.json                                        metadata and counts
+    dataset=<name>/split=<split>/<shard>-CCC.parquet  rows of input shard <shard>, chunk CCC
+    _shards/<name>-<shard>.parquet                    failures of that input shard; written
+                                                      last, it marks the shard done
+    _failures.parquet                                 every failure
+    _dataset.json                                     metadata and counts
 
+<shard> is the stem of the raw shard file, part-SSSSS-<digest>: the raw store names a shard after its
+contents, so a shard an acquire run left as it was keeps its outputs, and finalize drops the outputs
+of shard files the manifest no longer names.
 pyarrow.dataset ignores names starting with '_', so only the feature rows are read as data.
 Every Parquet file carries the same metadata (parameters hash, code version, front-end
 settings, weights) under the `mood_pipeline` schema key. An input shard is done when its
@@ -16,13 +21,11 @@ there with the listed row count; a rerun skips it, and a killed run loses at mos
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import os
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,14 +34,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-import torch
 
 from tasks.errors import PipelineError
+from tasks.features.inputs import InputShard
 from tasks.storage import (
     FAILURE_SCHEMA,
     STAMP_KEY,
     Failure,
-    StageFailed,
     atomic_write_table,
     code_digest,
     failures_table,
@@ -57,86 +59,14 @@ METADATA = "_dataset.json"
 # Tensor bytes per row group: small enough that a shard's rows go out while its later clips are
 # computed (64 slices of 128 x 128 float16, 16384 VGGish embeddings), large enough for a reader.
 ROW_GROUP_BYTES = 2 << 20
-# A partition value becomes a directory name.
-PARTITION_VALUE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 _HERE = Path(__file__).resolve().parent
 # The code every feature stage runs; with the stage's own module, what its dvc.yaml deps list.
-SHARED_CODE = [_HERE / "frontend.py", _HERE / "dataset.py", _HERE / "stage.py",
+SHARED_CODE = [_HERE / "frontend.py", _HERE / "inputs.py", _HERE / "dataset.py", _HERE / "stage.py",
                _HERE.parent / "audio.py", _HERE.parent / "storage.py"]  # fmt: skip
 
 
 def code_version(stage_module: str) -> str:
     return code_digest(Path(stage_module).resolve(), *SHARED_CODE)
-
-
-@dataclass(frozen=True)
-class InputShard:
-    """One shard of a raw clip store and the manifest rows of its clips."""
-
-    dataset: str
-    name: str  # part-NNNNN
-    path: Path
-    ids: list[str]
-    labels: list[list[str]]
-    actors: list[int | None]
-    splits: list[str]
-    sha256: list[str]
-
-    @property
-    def digest(self) -> str:
-        text = json.dumps([self.dataset, self.name, self.ids, self.sha256, self.splits, self.labels])
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-    def blobs(self, batch_rows: int = 16) -> Iterator[tuple[str, pa.Buffer]]:
-        """(id, FLAC bytes) a few rows at a time: a shard's audio is never all in memory.
-
-        The bytes are zero-copy views of the Arrow batch, not Python copies of every song; a view
-        keeps its batch (batch_rows clips) in memory until the clip is done. The file is memory-mapped
-        rather than read into a fresh buffer that every shard faults in again.
-        """
-        shard = pq.ParquetFile(self.path, memory_map=True)
-        for batch in shard.iter_batches(batch_size=batch_rows, columns=["id", "audio"]):
-            audio = batch.column("audio")
-            for i, clip_id in enumerate(batch.column("id").to_pylist()):
-                yield clip_id, audio[i].as_buffer()
-
-
-def plan_inputs(raw_dir: Path, dataset: str, default_splits: dict[str, str]) -> list[InputShard]:
-    """The input shards of one raw clip store, from its manifest."""
-    manifest_path = raw_dir / dataset / "manifest.parquet"
-    if not manifest_path.exists():
-        raise StageFailed(f"no raw clip store for dataset {dataset!r}: {manifest_path} is missing "
-                          f"(run the acquire_{dataset} stage first)")  # fmt: skip
-    manifest = pq.read_table(manifest_path)
-    n = manifest.num_rows
-    if "split" in manifest.column_names:
-        splits = manifest.column("split").to_pylist()
-    elif dataset in default_splits:
-        splits = [default_splits[dataset]] * n
-    else:
-        raise StageFailed(f"{manifest_path} has no split column and default_splits names no split for {dataset!r}")
-    bad = sorted({s for s in splits if not isinstance(s, str) or not PARTITION_VALUE.match(s)}, key=str)
-    if bad or not PARTITION_VALUE.match(dataset):
-        raise StageFailed(f"{dataset}: dataset and split names must be plain words (letters, digits, _ . -), got "
-                          f"{[dataset, *bad]}")  # fmt: skip
-    actors = manifest.column("actor").to_pylist() if "actor" in manifest.column_names else [None] * n
-    columns = {k: manifest.column(k).to_pylist() for k in ("id", "labels", "sha256", "shard")}
-    groups: dict[str, list[int]] = {}
-    for i, shard in enumerate(columns["shard"]):
-        groups.setdefault(shard, []).append(i)
-    return [
-        InputShard(
-            dataset=dataset,
-            name=Path(shard).stem,
-            path=raw_dir / dataset / "shards" / shard,
-            ids=[columns["id"][i] for i in rows],
-            labels=[columns["labels"][i] for i in rows],
-            actors=[actors[i] for i in rows],
-            splits=[splits[i] for i in rows],
-            sha256=[columns["sha256"][i] for i in rows],
-        )
-        for shard, rows in sorted(groups.items())
-    ]
 
 
 @dataclass
@@ -363,51 +293,4 @@ def open_table(root: Path, dataset: str | None = None, split: str | None = None,
     order = [(k, "ascending") for k in ("dataset", "split", "clip_id", "index") if k in table.column_names]
     return table.sort_by(order) if order else table
 
-
-def tensor_column(table: pa.Table, column: str) -> torch.Tensor:
-    """A fixed_shape_tensor column as one tensor: one bulk copy out of Arrow, no per-row work."""
-    chunks = table.column(column).chunks
-    if not chunks:
-        value_type = table.schema.field(column).type
-        return torch.from_numpy(np.empty((0, *value_type.shape), dtype=value_type.value_type.to_pandas_dtype()))
-    return torch.from_numpy(np.concatenate([c.to_numpy_ndarray() for c in chunks]))
-
-
-class FeatureDataset(torch.utils.data.Dataset):
-    """A feature dataset in memory as tensors; indexing with a list of rows gathers a batch at once.
-
-    `classes` turns the labels into multi-hot targets (rows x classes); labels outside it are ignored.
-    """
-
-    def __init__(self, root: Path, column: str, dataset: str | None = None, split: str | None = None,
-                 classes: Sequence[str] | None = None) -> None:  # fmt: skip
-        table = open_table(root, dataset, split)
-        self.metadata = read_metadata(root)
-        self.features = tensor_column(table, column)
-        self.rows = table.drop_columns([column])
-        self.classes = list(classes or [])
-        self.targets = torch.zeros(len(self.features), len(self.classes))
-        if self.classes:
-            position = {c: i for i, c in enumerate(self.classes)}
-            for row, labels in enumerate(self.rows.column("labels").to_pylist()):
-                for label in labels:
-                    if label in position:
-                        self.targets[row, position[label]] = 1.0
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-    def __getitem__(self, index: int | Sequence[int] | torch.Tensor) -> dict[str, torch.Tensor]:
-        rows = torch.as_tensor(index, dtype=torch.long)
-        return {"features": self.features[rows], "targets": self.targets[rows], "row": rows}
-
-
-def loader(data: FeatureDataset, batch_size: int, shuffle: bool = False, seed: int = 0,
-           drop_last: bool = False) -> torch.utils.data.DataLoader:  # fmt: skip
-    """Batches gathered by tensor indexing (a BatchSampler feeds whole index lists), seeded shuffling."""
-    generator = torch.Generator().manual_seed(seed)
-    order = (torch.utils.data.RandomSampler(data, generator=generator) if shuffle
-             else torch.utils.data.SequentialSampler(data))  # fmt: skip
-    batches = torch.utils.data.BatchSampler(order, batch_size, drop_last)
-    return torch.utils.data.DataLoader(data, sampler=batches, batch_size=None)
 

@@ -23,15 +23,17 @@ import torch
 
 from tasks.audio import FlacBytes
 from tasks.config import FeaturesSlicesConfig
-from tasks.features.dataset import Block, FeatureStore, InputShard, code_version
+from tasks.features.dataset import Block, FeatureStore, code_version
 from tasks.features.frontend import Spectrogram, isolate_vocals, load_audio
+from tasks.features.inputs import InputShard
 from tasks.features.stage import build_features, resolve_device, torch_threads
 from tasks.storage import params_hash
 
 log = logging.getLogger("tasks")
 STAGE = "features_slices"
-# Clips handed to the writer at a time: a table built and appended per clip took a third of the
-# writer's time on 4-6 s sung clips (2 slices each); 8 at a time cut the stage's CPU there by 9%.
+# Clips handed to the writer at a time: a table built and appended per clip took a third of the writer's
+# time on 4-6 s sung clips (2 slices each). Batching buys ~2% of the stage's wall time on the benchmark mix,
+# and without it the stage fell to 0.495-0.516x of decode-only (2026-12-01), at its 0.5x goal: kept.
 WRITE_CLIPS = 8
 
 

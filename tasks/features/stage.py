@@ -18,7 +18,8 @@ import torch
 
 from tasks.audio import AudioError, FlacBytes
 from tasks.config import ConfigError, FeatureStoreConfig
-from tasks.features.dataset import Block, FeatureStore, InputShard, ShardWriter, plan_inputs
+from tasks.features.dataset import Block, FeatureStore, ShardWriter
+from tasks.features.inputs import InputShard, read_inputs
 from tasks.progress import Progress, Tally
 from tasks.storage import Failure, check_failure_share, log_failure, write_json
 
@@ -174,14 +175,15 @@ def build_features(
 ) -> dict[str, Any]:
     """`clip` over every clip of the input shards not already done, then `finish` over each
     `batch_clips` good results of a shard in a row to make their rows, written as they come;
-    failures go to the shard's table. Metrics; fail past the share."""
+    failures go to the shard's table. Metrics; fail past the share. The raw stores are held while
+    their shards are read, so an acquire run that rewrites one meanwhile changes nothing read."""
     retain_freed_memory()
-    shards = [s for d in datasets for s in plan_inputs(root / store_cfg.raw_dir, d, default_splits)]
-    store.root.mkdir(parents=True, exist_ok=True)
-    store.remove_partial_files()
     tally = Tally(stage)
-    with Progress(sum(len(s.ids) for s in shards), f"{stage} clips", "clip") as progress, \
+    with read_inputs(root / store_cfg.raw_dir, datasets, default_splits) as shards, \
+            Progress(sum(len(s.ids) for s in shards), f"{stage} clips", "clip") as progress, \
             _Writer() as writer:  # fmt: skip
+        store.root.mkdir(parents=True, exist_ok=True)
+        store.remove_partial_files()
         todo = []
         for shard in shards:
             if store.shard_done(shard):

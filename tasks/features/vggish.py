@@ -27,8 +27,9 @@ from torch import nn
 from tasks.audio import AudioError, FlacBytes
 from tasks.config import DownloadConfig, FeaturesVggishConfig
 from tasks.errors import PipelineError
-from tasks.features.dataset import Block, FeatureStore, InputShard, code_version
+from tasks.features.dataset import Block, FeatureStore, code_version
 from tasks.features.frontend import Spectrogram, load_audio
+from tasks.features.inputs import InputShard
 from tasks.features.stage import build_features, resolve_device
 from tasks.fetch import fetch, redact, sha256_file
 from tasks.storage import params_hash

@@ -17,7 +17,8 @@ from sklearn.model_selection import GroupKFold, StratifiedKFold, train_test_spli
 
 from tasks.config import SplitConfig
 from tasks.errors import PipelineError
-from tasks.features.dataset import open_table, read_metadata, tensor_column
+from tasks.features.dataset import open_table, read_metadata
+from tasks.features.reader import tensor_column
 
 COLUMNS = {"slices": "spectrogram", "vggish": "embedding"}
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.mirror.package import AUDIOSET_SAMPLE_RATE, MEDIA_FORMATS, _encode, build_audioset_media, file_rng
+from devtools.mirror.package import AUDIOSET_SAMPLE_RATE, MEDIA_FORMATS, _encode, build_audioset_media, file_rng
 
 ONTOLOGY = "audioset/ontology.json"
 SEGMENT_FILES = {

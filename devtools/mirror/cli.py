@@ -1,4 +1,4 @@
-"""`python -m tasks mirror build|serve`: make the generated corpus and serve it on loopback."""
+"""`python -m devtools mirror build|serve`: make the generated corpus and serve it on loopback."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ class CorpusSpec:
 
 def build_corpus(out: Path, spec: CorpusSpec) -> dict[str, str]:
     """Write the mirror tree once per spec; returns {relative path: sha256}."""
-    from tasks.mirror.audioset import build_audioset_tree
-    from tasks.mirror.package import build_cal500_archive, build_ravdess_zip
+    from devtools.mirror.audioset import build_audioset_tree
+    from devtools.mirror.package import build_cal500_archive, build_ravdess_zip
 
     index_path = out / INDEX
     wanted = json.loads(json.dumps(asdict(spec)))
@@ -73,7 +73,7 @@ def mirror_overrides(base_url: str, files: dict[str, str]) -> list[str]:
 
 
 def audioset_overrides(base_url: str, files: dict[str, str]) -> list[str]:
-    from tasks.mirror.audioset import ONTOLOGY, SEGMENT_FILES, URL_TEMPLATE
+    from devtools.mirror.audioset import ONTOLOGY, SEGMENT_FILES, URL_TEMPLATE
 
     overrides = [f"select_audioset.ontology.url={base_url}/{ONTOLOGY}",
                  f"select_audioset.ontology.sha256={files[ONTOLOGY]}"]  # fmt: skip
@@ -82,7 +82,8 @@ def audioset_overrides(base_url: str, files: dict[str, str]) -> list[str]:
                       f"select_audioset.segments.{name}.sha256={files[rel]}"]  # fmt: skip
     # A loopback mirror needs no politeness towards YouTube: keep the pacing short, not absent.
     return [*overrides, f"acquire_audioset.url_template={base_url}/{URL_TEMPLATE}",
-            "acquire_audioset.min_interval_s=0.2", "acquire_audioset.jitter_s=0.1"]  # fmt: skip
+            "acquire_audioset.max_requests_per_hour=36000", "acquire_audioset.burst=10",
+            "acquire_audioset.jitter_s=0.1"]  # fmt: skip
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -90,7 +91,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tasks mirror", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devtools mirror", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="generate the corpus in the official archive formats")
     build.add_argument("out", type=Path)
@@ -106,7 +107,7 @@ def main(argv: list[str]) -> int:
         spec = CorpusSpec(seed=args.seed, ravdess_actors=args.ravdess_actors, cal500_songs=args.cal500_songs)
         print(json.dumps(build_corpus(args.out, spec), indent=2))
         return 0
-    from tasks.mirror.server import MirrorServer
+    from devtools.mirror.server import MirrorServer
 
     server = MirrorServer(args.root, args.host, args.port)
     print(f"serving {args.root} at {server.url}", flush=True)

@@ -29,7 +29,8 @@ class Fault:
     """One misbehaviour, consumed by the next request for its path.
 
     kind: 'status' (reply `status` with `headers`), 'reset' (send `after_bytes` of the body,
-    then reset the connection), 'truncate' (serve only the first `after_bytes` bytes, as if
+    then reset the connection), 'cut' (announce the whole body, send `after_bytes` of it, then
+    close the connection cleanly), 'truncate' (serve only the first `after_bytes` bytes, as if
     the file were short), 'delay' (wait `seconds`, then serve normally).
     """
 
@@ -49,6 +50,7 @@ class MirrorServer(ThreadingHTTPServer):
         self.latency_s = latency_s
         self.faults: dict[str, deque[Fault]] = defaultdict(deque)
         self.requests: list[tuple[str, str | None]] = []
+        self.request_times: list[float] = []  # time.time() of each entry of `requests`
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         super().__init__((host, port), _Handler)
@@ -70,6 +72,7 @@ class MirrorServer(ThreadingHTTPServer):
     def record(self, path: str, range_header: str | None) -> None:
         with self._lock:
             self.requests.append((path, range_header))
+            self.request_times.append(time.time())
 
     def handle_error(self, request: object, client_address: object) -> None:
         # Clients hang up early on purpose (yt-dlp reads 512 bytes of a direct link to sniff it);
@@ -156,7 +159,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_body(target, start, length, fault)
 
     def _send_body(self, target: Path, start: int, length: int, fault: Fault | None) -> None:
-        cut = fault.after_bytes if fault and fault.kind == "reset" else None
+        cut = fault.after_bytes if fault and fault.kind in ("reset", "cut") else None
         sent = 0
         with target.open("rb") as fh:
             fh.seek(start)
@@ -167,7 +170,10 @@ class _Handler(BaseHTTPRequestHandler):
                 if cut is not None and sent + len(chunk) >= cut:
                     self.wfile.write(chunk[: max(cut - sent, 0)])
                     self.wfile.flush()
-                    self._reset()
+                    if fault.kind == "reset":
+                        self._reset()
+                    else:
+                        self.close_connection = True
                     return
                 self.wfile.write(chunk)
                 sent += len(chunk)

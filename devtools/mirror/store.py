@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from devtools.mirror.package import file_rng
+from devtools.mirror.synth import synthesize
 from tasks.audio import encode_flac
-from tasks.mirror.package import file_rng
-from tasks.mirror.synth import synthesize
 from tasks.progress import Tally
 from tasks.storage import Clip, RawStore, fill_store
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from tasks.mirror.synth import MOOD_PROFILES, synthesize
+from devtools.mirror.synth import MOOD_PROFILES, synthesize
 
 RAVDESS_SONG_EMOTIONS = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry", "06": "fearful"}
 RAVDESS_SAMPLE_RATE = 48000

@@ -1,0 +1,141 @@
+"""How fast the downloader may ask: one request budget for every worker, and the stop-loss.
+
+YouTube judges a session (an address, a cookie jar), not a thread, so pacing per worker multiplies
+with the pool and the threads. Instead every shard task and thread that shares the state database
+draws from one token bucket per source host: `max_requests_per_hour` on average, `burst` at once
+after an idle spell. A request is one clip attempt (yt-dlp's probe and ffmpeg's reads of the section).
+
+Persistent rate limiting (the stop-loss) pauses the whole budget, so every worker stops asking,
+and the pause's end is stored with it: Airflow reschedules a paused shard for that moment, the CLI
+waits it out. `pauses` counts pauses in a row without a success between them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from tasks.audioset.state import connect
+
+log = logging.getLogger("tasks")
+
+
+@dataclass(frozen=True)
+class Gate:
+    wait_s: float  # 0: go now
+    paused_until: float = 0.0  # epoch seconds; > now while the stop-loss holds the budget
+
+
+class Budget:
+    """A token bucket in the state database, one row per source host."""
+
+    def __init__(self, state_dir: Path, url_template: str, per_hour: float, burst: int) -> None:
+        self.state_dir, self.rate, self.burst = state_dir, per_hour / 3600.0, float(burst)
+        self.name = urlsplit(url_template).netloc or "local"
+        self._local = threading.local()
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if not hasattr(self._local, "db"):  # SQLite connections are not shared across threads
+            self._local.db = connect(self.state_dir)
+        return self._local.db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")  # one writer at a time across processes: no token is spent twice
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _row(self, now: float) -> tuple[float, float, float, int]:
+        row = self._db.execute("SELECT tokens, updated, paused_until, pauses FROM budget WHERE name = ?",
+                               (self.name,)).fetchone()  # fmt: skip
+        return row if row else (self.burst, now, 0.0, 0)
+
+    def _write(self, tokens: float, now: float, paused_until: float, pauses: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO budget VALUES (?, ?, ?, ?, ?)",
+                         (self.name, tokens, now, paused_until, pauses))  # fmt: skip
+
+    def take(self) -> Gate:
+        """Spend one request if the bucket holds one; else how long until it will (or the pause ends)."""
+        with self._transaction():
+            now = time.time()
+            tokens, updated, paused_until, pauses = self._row(now)
+            if paused_until > now:
+                return Gate(paused_until - now, paused_until)
+            tokens = min(self.burst, tokens + max(0.0, now - updated) * self.rate)
+            if tokens >= 1.0:
+                self._write(tokens - 1.0, now, paused_until, pauses)
+                return Gate(0.0)
+            return Gate((1.0 - tokens) / self.rate)
+
+    def pause(self, seconds: float) -> tuple[float, int]:
+        """Stop every worker for `seconds`: (when the pause ends, pauses in a row). A pause that is
+        already running is not extended or counted twice: several workers see the same streak."""
+        with self._transaction():
+            now = time.time()
+            _, _, paused_until, pauses = self._row(now)
+            if paused_until <= now:
+                paused_until, pauses = now + seconds, pauses + 1
+                # The bucket refills from the pause's end, not during it: no burst greets the server.
+                self._write(0.0, paused_until, paused_until, pauses)
+            return paused_until, pauses
+
+    def succeeded(self) -> None:
+        """A definite answer from the server ends a run of pauses."""
+        self._db.execute("UPDATE budget SET pauses = 0 WHERE name = ? AND pauses > 0", (self.name,))
+
+    def close(self) -> None:
+        if hasattr(self._local, "db"):
+            self._local.db.close()
+            del self._local.db
+
+
+class StopLoss:
+    """After `after` rate-limited attempts in a row in one shard, the budget pauses for `pause_s`; once
+    more than `max_pauses` pauses came in a row, the shard stops instead of burning through its list."""
+
+    def __init__(self, budget: Budget, after: int, pause_s: float, max_pauses: int) -> None:
+        self.budget, self.after, self.pause_s, self.max_pauses = budget, after, pause_s, max_pauses
+        self.streak = 0
+        self.stopped = False
+        self.lock = threading.Lock()
+
+    def ok(self) -> None:
+        with self.lock:
+            self.streak = 0
+        self.budget.succeeded()
+
+    def limited(self) -> None:
+        with self.lock:
+            self.streak += 1
+            if self.streak < self.after or self.stopped:
+                return
+            self.streak = 0
+            resume_at, pauses = self.budget.pause(self.pause_s)
+            if pauses > self.max_pauses:
+                self.stopped = True
+                log.warning("stop-loss: rate limited through %d pauses in a row; stopping the shard", pauses - 1)
+                return
+            log.warning("stop-loss: %d rate-limited attempts in a row; every worker pauses until %s (pause %d of %d)",
+                        self.after, time.strftime("%H:%M:%S", time.localtime(resume_at)), pauses,
+                        self.max_pauses)  # fmt: skip
+
+
+def backoff(base_s: float, max_s: float, attempt: int, retry_after: float | None) -> float:
+    """Exponential backoff; a server's Retry-After is honoured when it asks for longer, up to max_s."""
+    wait = base_s * 2 ** (attempt - 1)
+    if retry_after is not None:
+        wait = max(wait, retry_after)
+    return min(wait, max_s)
