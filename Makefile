@@ -60,7 +60,7 @@ plots-template:
 	python3 scripts/dvc_plots_template.py
 
 # What the pipeline computed, and the demo; what was fetched stays: the raw clip stores (data/raw), the
-# source archives and weights (.cache/downloads), AudioSet's staged clips and remembered failures
+# source archives and weights (.cache/downloads), every fetched AudioSet clip and remembered failure
 # (.cache/audioset: days of YouTube requests), and the DVC remote that holds their pushed copies.
 clean:
 	rm -rf .demo data/features data/audioset models metrics plots reports .cache/train .cache/evaluate \

@@ -11,6 +11,11 @@
 Writes benchmarks/results/audioset_download.json.
 
     .venv/bin/python benchmarks/audioset_download.py [--latency 0.1] [--per-class 8] [--budget 3600]
+
+Measured 2026-12-01 on 2 cores (`--concurrency 1,4`, defaults otherwise): 73.5 clips/min at concurrency 1,
+230.6 at 4 (3.14x); a rerun over the downloaded shard 0.015 s and 0 requests; the shared budget with
+4 tasks x 4 threads at 3600/h, burst 2: 34 starts in 34.3 s = 3357/h past the burst, 0.932x the budget,
+0 starts over it.
 """
 
 from __future__ import annotations

@@ -18,7 +18,10 @@ from typing import Any
 from airflow.sdk import dag, task
 from common import AUDIOSET_POOL, LOCAL_ARGS, NETWORK_ARGS, ROOT, START, raw_asset, run_stage, version
 
-SOURCES = {"ravdess": "acquire_ravdess", "cal500": "acquire_cal500"}
+from tasks.catalog import RAW_DATASETS
+
+# Sources fetched whole by one stage; AudioSet fans out below.
+SOURCES = {dataset: f"acquire_{dataset}" for dataset in RAW_DATASETS if dataset != "audioset"}
 
 
 @task(**LOCAL_ARGS)
@@ -36,7 +39,7 @@ def download_audioset_shard(shard: int) -> dict[str, int]:
     reschedule frees its pool slot meanwhile), not after the retry delay."""
     from datetime import UTC, datetime
 
-    from airflow.sdk.exceptions import AirflowRescheduleException
+    from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException
 
     from tasks.audioset.download import ShardPaused, download_shard
     from tasks.cli import configure_logging, stage_config
@@ -46,8 +49,8 @@ def download_audioset_shard(shard: int) -> dict[str, int]:
     try:
         return download_shard(cfg, ROOT, shard, _credentials(cfg.credentials), wait_out_pauses=False)
     except ShardPaused as paused:
-        if paused.exhausted:
-            raise
+        if paused.exhausted:  # a retry 30 s later would only spend another pause: a person must look
+            raise AirflowFailException(str(paused)) from paused
         raise AirflowRescheduleException(datetime.fromtimestamp(paused.resume_at, UTC)) from paused
 
 
@@ -83,7 +86,7 @@ def finalize_audioset() -> dict[str, Any]:
     start_date=START,
     catchup=False,
     max_active_runs=1,
-    tags=["acquire", "ravdess", "cal500", "audioset", "dvc"],
+    tags=["acquire", *RAW_DATASETS, "dvc"],
     doc_md=__doc__,
 )
 def acquire() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -33,6 +34,7 @@ from tasks.audioset.download import (
 )
 from tasks.audioset.politeness import Budget
 from tasks.audioset.select import select_audioset
+from tasks.audioset.state import fingerprint
 from tasks.audioset.ytdlp import Credentials, fetch_section
 from tasks.config import apply_overrides, section_config
 
@@ -226,7 +228,7 @@ def test_kill_mid_shard_leaves_no_partial_output_and_retry_refetches_nothing(
                                 start_new_session=True)  # fmt: skip
         state = tmp_path / ".cache/audioset/state.sqlite"
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and _staged(state) < 3:
+        while time.monotonic() < deadline and _fetched(state) < 3:
             assert proc.poll() is None, "the stage finished before it could be killed"
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGKILL)
@@ -237,10 +239,10 @@ def test_kill_mid_shard_leaves_no_partial_output_and_retry_refetches_nothing(
         before = {p: sum(1 for q, _ in server.requests if q == p) for p in fetched}
         metrics = acquire_audioset(setup.cfg(), tmp_path)
         assert metrics["clips"] == 11
-        staged_paths = {media(r["ytid"]) for r in read(tmp_path, "manifest.parquet")} & fetched
-        assert len(staged_paths) >= 3
-        # Clips verified before the kill were not fetched again (one in flight at the kill may be).
-        refetched = [p for p in staged_paths if sum(1 for q, _ in server.requests if q == p) > before[p]]
+        fetched_paths = {media(r["ytid"]) for r in read(tmp_path, "manifest.parquet")} & fetched
+        assert len(fetched_paths) >= 3
+        # Clips fetched before the kill were not fetched again (one in flight at the kill may be).
+        refetched = [p for p in fetched_paths if sum(1 for q, _ in server.requests if q == p) > before[p]]
         assert len(refetched) <= 1
         assert not list(tmp_path.rglob(".*.tmp-*")) and not list((tmp_path / ".cache/audioset/tmp").rglob("*.wav"))
         n = len(server.requests)
@@ -248,7 +250,7 @@ def test_kill_mid_shard_leaves_no_partial_output_and_retry_refetches_nothing(
         assert len(server.requests) == n
 
 
-def _staged(path: Path) -> int:
+def _fetched(path: Path) -> int:
     if not path.exists():
         return 0
     try:
@@ -512,3 +514,42 @@ def test_airflow_reschedules_a_paused_shard_for_the_end_of_the_pause(setup: Setu
     attempts = [r for p, r in setup.server.requests if p == media(first) and r is None]  # yt-dlp's probe
     assert len(attempts) == 6  # 3, the pause, 2 rate limited and the one that got through
     assert list((ws / "data/raw/audioset/shards").glob("part-00000-*.parquet"))
+
+
+def test_a_store_without_its_state_refetches_nothing(setup: Setup) -> None:
+    """A store from `dvc pull` on another machine: its clips and its permanent failures at the same source go
+    into the fresh state, so neither the stored clips nor the gone video are asked for again."""
+    first = acquire_audioset_with(setup, lambda s: None)
+    n = setup.media_requests()
+    shutil.rmtree(setup.root / ".cache/audioset")
+    assert acquire_audioset_with(setup, lambda s: None) == first
+    assert setup.media_requests() == n
+
+
+def test_a_state_of_the_earlier_layout_is_migrated_not_lost(setup: Setup) -> None:
+    """Before the state kept every clip it kept `staged` clips (awaiting their shard) and failures keyed by the
+    thresholds too: an upgrade fetches none of them again."""
+    cfg = setup.cfg()
+    first = acquire_audioset_with(setup, lambda s: None)
+    n = setup.media_requests()
+    shutil.rmtree(setup.root / "data/raw/audioset")
+    shape = {"sample_rate": cfg.sample_rate, "channels": cfg.channels,
+             "duration_tolerance_s": cfg.duration_tolerance_s, "silence_dbfs": cfg.silence_dbfs}  # fmt: skip
+    old_clip_key, old_source_key = fingerprint(shape), fingerprint({**shape, "url_template": cfg.url_template})
+    with sqlite3.connect(setup.root / ".cache/audioset/state.sqlite") as db:
+        db.execute("CREATE TABLE staged (id TEXT NOT NULL, fingerprint TEXT NOT NULL, flac BLOB NOT NULL, "
+                   "sample_rate INTEGER NOT NULL, channels INTEGER NOT NULL, frames INTEGER NOT NULL, "
+                   "PRIMARY KEY (id, fingerprint))")  # fmt: skip
+        db.execute("INSERT INTO staged SELECT id, ?, flac, sample_rate, channels, frames FROM fetched", (old_clip_key,))
+        db.execute("DELETE FROM fetched")
+        db.execute("UPDATE failed SET fingerprint = ?", (old_source_key,))
+    assert acquire_audioset_with(setup, lambda s: None) == first
+    assert setup.media_requests() == n
+
+
+def test_a_new_sample_rate_fetches_again_and_never_mixes_rates(setup: Setup) -> None:
+    acquire_audioset_with(setup, lambda s: None)
+    n = setup.media_requests()
+    metrics = acquire_audioset_with(setup, lambda s: None, "acquire_audioset.sample_rate=22050")
+    assert setup.media_requests() > n and metrics["clips"] == 11
+    assert {r["sample_rate"] for r in read(setup.root, "manifest.parquet")} == {22050}

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.audio import FlacBlob, decode_flac
+from tasks.audio import AudioError, FlacBlob, decode_flac
 from tasks.audioset.classify import PERMANENT, RATE_LIMITS, ClipProblem, Problem
 from tasks.audioset.lists import InvalidId, check_ytid
 from tasks.audioset.politeness import Budget, StopLoss, backoff
@@ -51,7 +51,6 @@ from tasks.storage import (
     check_failure_share,
     log_failure,
     plan_shards,
-    read_stamp,
     shard_stamp,
     store_metrics,
     write_json,
@@ -88,6 +87,13 @@ class _Stopped(Exception):
     """Raised in a worker once the shard stops for a pause."""
 
 
+JUDGED = {"duration_mismatch", "silent"}  # verdicts on fetched audio, never remembered as source failures
+
+
+def _is_permanent(reason: str) -> bool:
+    return PERMANENT.get(reason, False)
+
+
 @dataclass(frozen=True)
 class Job:
     id: str
@@ -106,8 +112,11 @@ def judge(flac: FlacBlob, job: Job, cfg: AcquireAudiosetConfig) -> Problem | Non
         return Problem("duration_mismatch", f"got {seconds:.2f} s of audio for the {expected:.2f} s segment "
                                             f"{job.start:g}-{job.end:g} (tolerance "
                                             f"{cfg.duration_tolerance_s:g} s)")  # fmt: skip
-    samples, _ = decode_flac(flac.data)
-    rms = math.sqrt(float(np.mean(np.square(samples, dtype=np.float64)))) if samples.size else 0.0
+    try:
+        samples, _ = decode_flac(flac.data)
+    except AudioError as exc:
+        return Problem("postprocessing", f"the fetched audio does not decode: {exc}")
+    rms = math.sqrt(float(np.mean(np.square(samples, dtype=np.float64))))
     level = 20 * math.log10(rms) if rms > 0 else -math.inf
     if level < cfg.silence_dbfs:
         return Problem("silent", f"RMS level {level:.1f} dBFS is below {cfg.silence_dbfs:g} dBFS")
@@ -218,7 +227,11 @@ def _keys(cfg: AcquireAudiosetConfig) -> dict[str, Any]:
 
 def _state(cfg: AcquireAudiosetConfig, root: Path) -> DownloadState:
     keys = _keys(cfg)
-    return DownloadState(root / cfg.state_dir, keys["audio_key"], keys["source_key"])
+    state = DownloadState(root / cfg.state_dir, keys["audio_key"], keys["source_key"])
+    # Failures remembered before the state kept every clip were keyed by the thresholds too.
+    earlier = {k: keys[k] for k in ("sample_rate", "channels", "duration_tolerance_s", "silence_dbfs")}
+    state.adopt_failures(fingerprint({**earlier, "url_template": cfg.url_template}), JUDGED)
+    return state
 
 
 def _jobs(cfg: AcquireAudiosetConfig, root: Path) -> dict[str, Job]:
@@ -240,7 +253,7 @@ def plan_audioset(cfg: AcquireAudiosetConfig, root: Path) -> list[int]:
     store.remove_partial_files()
     state = _state(cfg, root)
     try:
-        imported = sum(_import_shard(store.failures_dir / path.name, path, state)
+        imported = sum(_import_shard(cfg, jobs, store.failures_dir / path.name, path, state)
                        for path in store.current_shards().values())  # fmt: skip
     finally:
         state.close()
@@ -250,13 +263,15 @@ def plan_audioset(cfg: AcquireAudiosetConfig, root: Path) -> list[int]:
     return list(range(len(plan)))
 
 
-def _import_shard(failures: Path, path: Path, state: DownloadState) -> int:
-    """Save a stored shard's clips the state lacks, and its permanent failures from the same source."""
-    if failures.exists() and (read_stamp(failures) or {}).get("source_key") == state.source_key:
-        for row in pq.read_table(failures).to_pylist():
-            if _is_permanent(row["reason"]) and row["reason"] not in JUDGED:
-                state.remember(Failure(**row))
+def _import_shard(cfg: AcquireAudiosetConfig, jobs: dict[str, Job], failures: Path, path: Path,
+                  state: DownloadState) -> int:  # fmt: skip
+    """Save a stored shard's clips the state lacks (if their audio has today's form), and its permanent
+    failures at today's source."""
     try:
+        for row in pq.read_table(failures).to_pylist() if failures.exists() else []:
+            job, reason = jobs.get(row["id"]), row["reason"]
+            if job and _is_permanent(reason) and reason not in JUDGED and row["source"] == _source(cfg, job):
+                state.remember(Failure(**row))
         ids = pq.read_table(path, columns=["id"]).column("id").to_pylist()
         missing = set(ids) - state.fetched_ids(ids)
         if not missing:
@@ -265,17 +280,11 @@ def _import_shard(failures: Path, path: Path, state: DownloadState) -> int:
     except (pa.ArrowInvalid, OSError) as exc:
         log.warning("%s is unreadable (%s); its clips come from the state or are fetched again", path.name, exc)
         return 0
+    rows = [r for r in rows if r["id"] in missing and (r["sample_rate"], r["channels"]) == (cfg.sample_rate,
+                                                                                            cfg.channels)]  # fmt: skip
     for r in rows:
-        if r["id"] in missing:
-            state.save(r["id"], FlacBlob(r["audio"], r["sample_rate"], r["channels"], r["frames"]))
-    return len(missing)
-
-
-JUDGED = {"duration_mismatch", "silent"}  # judged from the fetched audio, never remembered as source failures
-
-
-def _is_permanent(reason: str) -> bool:
-    return PERMANENT.get(reason, False)
+        state.save(r["id"], FlacBlob(r["audio"], r["sample_rate"], r["channels"], r["frames"]))
+    return len(rows)
 
 
 def _transient_failures(store: RawStore, index: int) -> bool:
@@ -310,7 +319,7 @@ def download_shard(cfg: AcquireAudiosetConfig, root: Path, index: int, creds: Cr
     try:
         fetched = state.fetched(ids)
         failures = {i: f for i, f in state.remembered(ids).items() if i not in fetched}
-        tally.add("skipped", len(fetched) + len(failures))
+        reused = set(fetched) | set(failures)
         todo = [jobs[i] for i in ids if i not in fetched and i not in failures]
         # yt-dlp's working files; a killed attempt's leftovers go when the shard runs again.
         scratch = root / cfg.state_dir / "tmp" / f"shard-{index:05d}"
@@ -319,7 +328,7 @@ def download_shard(cfg: AcquireAudiosetConfig, root: Path, index: int, creds: Cr
         budget = Budget(root / cfg.state_dir, cfg.url_template, cfg.max_requests_per_hour, cfg.burst)
         downloader = ShardDownloader(cfg, index, creds or Credentials.from_env(cfg.credentials), scratch, budget,
                                      sleep, wait_out_pauses)  # fmt: skip
-        stopped = _download(downloader, todo, state, fetched, failures, tally)
+        stopped = _download(downloader, todo, state, fetched, failures)
         shutil.rmtree(scratch, ignore_errors=True)
     finally:
         state.close()
@@ -337,17 +346,25 @@ def download_shard(cfg: AcquireAudiosetConfig, root: Path, index: int, creds: Cr
         problem = judge(fetched[i], jobs[i], cfg)
         if problem is None:
             clips.append(Clip(i, fetched[i], jobs[i].labels, _source(cfg, jobs[i]), _meta(jobs[i])))
+            tally.add("skipped" if i in reused else "done")
             continue
         failures[i] = Failure(i, _source(cfg, jobs[i]), STAGE, problem.reason, problem.message, 1)
         tally.add("failed", reason=problem.reason)
         log_failure(failures[i])
+    for i, failure in failures.items():
+        if i in fetched:
+            continue
+        if i in reused:
+            tally.add("skipped")
+        else:
+            tally.add("failed", reason=failure.reason)
     store.write_shard(index, clips, [failures[i] for i in sorted(failures)], stamp)
     log.info(tally.summary())
     return dict(tally.counts)
 
 
 def _download(downloader: ShardDownloader, todo: list[Job], state: DownloadState, fetched: dict[str, FlacBlob],
-              failures: dict[str, Failure], tally: Tally) -> bool:  # fmt: skip
+              failures: dict[str, Failure]) -> bool:  # fmt: skip
     """Run the jobs; each clip is saved in the state as it arrives. True when the shard stopped for a pause."""
     if not todo:
         return False
@@ -355,23 +372,25 @@ def _download(downloader: ShardDownloader, todo: list[Job], state: DownloadState
     index = downloader.index
     with ThreadPoolExecutor(max_workers=downloader.cfg.concurrency, thread_name_prefix=f"shard{index}") as pool:
         futures = {pool.submit(downloader.fetch, job): job for job in todo}
-        for future in track(as_completed(futures), len(futures), f"{STAGE} shard {index}"):
-            try:
-                result = future.result()
-            except _Stopped:
-                stopped = True
-                continue
-            job = futures[future]
-            if isinstance(result, FlacBlob):
-                state.save(job.id, result)
-                fetched[job.id] = result
-                tally.add("done")
-                continue
-            if _is_permanent(result.reason):
-                state.remember(result)
-            failures[result.id] = result
-            tally.add("failed", reason=result.reason)
-            log_failure(result)
+        try:
+            for future in track(as_completed(futures), len(futures), f"{STAGE} shard {index}"):
+                try:
+                    result = future.result()
+                except _Stopped:
+                    stopped = True
+                    continue
+                job = futures[future]
+                if isinstance(result, FlacBlob):
+                    state.save(job.id, result)
+                    fetched[job.id] = result
+                    continue
+                if _is_permanent(result.reason):
+                    state.remember(result)
+                failures[result.id] = result
+                log_failure(result)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)  # queued jobs must not go on asking the server
+            raise
     return stopped
 
 

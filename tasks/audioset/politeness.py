@@ -2,8 +2,9 @@
 
 YouTube judges a session (an address, a cookie jar), not a thread, so pacing per worker multiplies
 with the pool and the threads. Instead every shard task and thread that shares the state database
-draws from one token bucket per source host: `max_requests_per_hour` on average, `burst` at once
-after an idle spell. A request is one clip attempt (yt-dlp's probe and ffmpeg's reads of the section).
+(every worker of a machine, with the default `state_dir`) draws from one token bucket per source
+host: `max_requests_per_hour` on average, `burst` at once after an idle spell. A request is one clip
+attempt (yt-dlp's probe and ffmpeg's reads of the section).
 
 Persistent rate limiting (the stop-loss) pauses the whole budget, so every worker stops asking,
 and the pause's end is stored with it: Airflow reschedules a paused shard for that moment, the CLI
@@ -38,7 +39,8 @@ class Budget:
 
     def __init__(self, state_dir: Path, url_template: str, per_hour: float, burst: int) -> None:
         self.state_dir, self.rate, self.burst = state_dir, per_hour / 3600.0, float(burst)
-        self.name = urlsplit(url_template).netloc or "local"
+        url = urlsplit(url_template)
+        self.name = f"{url.hostname}:{url.port}" if url.port else url.hostname or "local"  # never user:pass@
         self._local = threading.local()
 
     @property
@@ -95,11 +97,6 @@ class Budget:
     def succeeded(self) -> None:
         """A definite answer from the server ends a run of pauses."""
         self._db.execute("UPDATE budget SET pauses = 0 WHERE name = ? AND pauses > 0", (self.name,))
-
-    def close(self) -> None:
-        if hasattr(self._local, "db"):
-            self._local.db.close()
-            del self._local.db
 
 
 class StopLoss:

@@ -46,6 +46,7 @@ def connect(state_dir: Path) -> sqlite3.Connection:
     db = sqlite3.connect(state_dir / "state.sqlite", timeout=120, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.executescript(SCHEMA)
+    _migrate(db)
     return db
 
 
@@ -63,24 +64,11 @@ class DownloadState:
                         (clip_id, self.audio_key, flac.data, flac.sample_rate, flac.channels, flac.frames))  # fmt: skip
 
     def fetched(self, ids: Sequence[str]) -> dict[str, FlacBlob]:
-        found = {}
-        for chunk in _chunks(ids):
-            marks = ",".join("?" * len(chunk))
-            for cid, data, rate, channels, frames in self.db.execute(
-                f"SELECT id, flac, sample_rate, channels, frames FROM fetched "
-                f"WHERE fingerprint = ? AND id IN ({marks})",
-                (self.audio_key, *chunk),
-            ):
-                found[cid] = FlacBlob(data, rate, channels, frames)
-        return found
+        rows = self._select("fetched", "id, flac, sample_rate, channels, frames", self.audio_key, ids)
+        return {cid: FlacBlob(*values) for cid, *values in rows}
 
     def fetched_ids(self, ids: Sequence[str]) -> set[str]:
-        found: set[str] = set()
-        for chunk in _chunks(ids):
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT id FROM fetched WHERE fingerprint = ? AND id IN ({marks})"
-            found.update(cid for (cid,) in self.db.execute(query, (self.audio_key, *chunk)))
-        return found
+        return {cid for (cid,) in self._select("fetched", "id", self.audio_key, ids)}
 
     def remember(self, failure: Failure) -> None:
         f = failure
@@ -88,16 +76,38 @@ class DownloadState:
                         (f.id, self.source_key, f.source, f.stage, f.reason, f.message, f.attempts))  # fmt: skip
 
     def remembered(self, ids: Sequence[str]) -> dict[str, Failure]:
-        found = {}
+        rows = self._select("failed", "id, source, stage, reason, message, attempts", self.source_key, ids)
+        return {cid: Failure(cid, *values) for cid, *values in rows}
+
+    def adopt_failures(self, old_key: str, judged: set[str]) -> None:
+        """Failures remembered under an earlier layout's key: the source's own answers are kept; verdicts on
+        audio (judged reasons) are dropped, since that layout did not keep the audio to judge again."""
+        marks = ",".join("?" * len(judged))
+        self.db.execute(f"DELETE FROM failed WHERE fingerprint = ? AND reason IN ({marks})", (old_key, *judged))
+        self.db.execute("UPDATE OR IGNORE failed SET fingerprint = ? WHERE fingerprint = ?", (self.source_key, old_key))
+
+    def _select(self, table: str, columns: str, key: str, ids: Sequence[str]) -> list[tuple[Any, ...]]:
+        """`columns` of the rows of `ids` under `key`, a few hundred ids per query."""
+        rows: list[tuple[Any, ...]] = []
         for chunk in _chunks(ids):
             marks = ",".join("?" * len(chunk))
-            for cid, source, stage, reason, message, attempts in self.db.execute(
-                f"SELECT id, source, stage, reason, message, attempts FROM failed "
-                f"WHERE fingerprint = ? AND id IN ({marks})",
-                (self.source_key, *chunk),
-            ):
-                found[cid] = Failure(cid, source, stage, reason, message, attempts)
-        return found
+            query = f"SELECT {columns} FROM {table} WHERE fingerprint = ? AND id IN ({marks})"
+            rows += self.db.execute(query, (key, *chunk)).fetchall()
+        return rows
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """The earlier layout's `staged` table (verified clips awaiting their shard) moves into `fetched`, keyed by
+    what shaped each clip's audio, so an upgrade loses none of them."""
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'staged'").fetchone():
+        return
+    db.execute("BEGIN IMMEDIATE")
+    for rate, channels in db.execute("SELECT DISTINCT sample_rate, channels FROM staged").fetchall():
+        key = fingerprint({"sample_rate": rate, "channels": channels})
+        db.execute("INSERT OR IGNORE INTO fetched SELECT id, ?, flac, sample_rate, channels, frames FROM staged "
+                   "WHERE sample_rate = ? AND channels = ?", (key, rate, channels))  # fmt: skip
+    db.execute("DROP TABLE staged")
+    db.execute("COMMIT")
 
 
 def _chunks(ids: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:

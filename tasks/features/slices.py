@@ -31,9 +31,8 @@ from tasks.storage import params_hash
 
 log = logging.getLogger("tasks")
 STAGE = "features_slices"
-# Clips handed to the writer at a time: a table built and appended per clip took a third of the writer's
-# time on 4-6 s sung clips (2 slices each). Batching buys ~2% of the stage's wall time on the benchmark mix,
-# and without it the stage fell to 0.495-0.516x of decode-only (2026-12-01), at its 0.5x goal: kept.
+# Clips handed to the writer at a time: ~2% of the stage's wall time (benchmarks/features.py), which its
+# 0.5x-of-decode-only goal needs.
 WRITE_CLIPS = 8
 
 
