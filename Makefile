@@ -10,7 +10,7 @@ APT_PACKAGES := ffmpeg sox git chromium
 # This machine's pip config lists local indexes that may be absent; their warnings are noise.
 PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location 'file://" || true; }
 
-.PHONY: all test test-fast lint demo bench bench-cv bench-eval apt venv plots-template clean clean-downloads
+.PHONY: all test test-fast lint demo bench bench-cv bench-eval apt venv services plots-template clean clean-downloads
 all: test
 
 apt:
@@ -29,8 +29,18 @@ venv: $(STAMP)
 lint: venv
 	$(PY) -m ruff check .
 
+# The CeleryExecutor test's PostgreSQL and Redis on loopback: started from Debian's packages where they are
+# installed but down; where they are absent the test skips and names what is missing.
+services:
+	@up() { python3 -c "import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 2)" $$1 \
+	  2>/dev/null; }; \
+	up 6379 || { command -v redis-server >/dev/null && redis-server --daemonize yes --bind 127.0.0.1 >/dev/null \
+	  && echo "started: redis-server"; } || true; \
+	up 5432 || { command -v pg_ctlcluster >/dev/null && for v in /etc/postgresql/*; do \
+	  $(SUDO) pg_ctlcluster "$${v##*/}" main start && echo "started: postgresql $${v##*/}"; done; } || true
+
 # CI runs everything; `make test-fast` skips the tests that start services or whole DAGs.
-test: apt venv lint plots-template
+test: apt venv lint plots-template services
 	$(PY) -m pytest -q
 
 test-fast: apt venv

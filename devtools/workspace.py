@@ -7,7 +7,9 @@ Airflow run, `dvc repro` and `dvc status` there never touch the user's own check
 
 from __future__ import annotations
 
+import base64
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -119,6 +121,19 @@ def free_port(preferred: int = 0) -> int:
         return sock.getsockname()[1]
 
 
+def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 30) -> None:
+    """SIGTERM each process group, then SIGKILL what has not exited within `timeout`; empties `procs`."""
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    procs.clear()
+
+
 class AirflowServices:
     """The real Airflow: api-server, scheduler, dag-processor and triggerer on loopback, logs in AIRFLOW_HOME.
 
@@ -157,15 +172,7 @@ class AirflowServices:
         return self
 
     def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        self.procs.clear()
+        stop_processes(self.procs)
 
     def __enter__(self) -> AirflowServices:
         return self.start()
@@ -312,10 +319,11 @@ class AirflowServices:
 
 
 class MlflowServer:
-    """The local tracking server of mlflow/start.sh on a loopback port, its store in `store`."""
+    """The local tracking server of mlflow/start.sh on a loopback port, its store in `store` (artifacts, and the
+    runs too unless `backend` names another store, such as a Postgres database)."""
 
-    def __init__(self, store: Path, port: int | None = None) -> None:
-        self.store, self.port = store, port or free_port(5000)
+    def __init__(self, store: Path, port: int | None = None, backend: str | None = None) -> None:
+        self.store, self.port, self.backend = store, port or free_port(5000), backend
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -325,7 +333,8 @@ class MlflowServer:
     def start(self) -> MlflowServer:
         """Start the server; `wait_ready` blocks until it answers."""
         self.store.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "MLFLOW_STORE": str(self.store), "PYTHON": sys.executable}
+        env = {**os.environ, "MLFLOW_STORE": str(self.store), "PYTHON": sys.executable,
+               **({"MLFLOW_BACKEND_STORE_URI": self.backend} if self.backend else {})}
         log = (self.store / "server.log").open("ab")
         self.proc = subprocess.Popen([str(PROJECT / "mlflow/start.sh"), str(self.port)], env=env, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
@@ -356,6 +365,120 @@ class MlflowServer:
 
     def __enter__(self) -> MlflowServer:
         return self.start().wait_ready()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# ----------------------------------------------------------------------------- beyond one machine
+
+POSTGRES = ("127.0.0.1", 5432, "postgres")  # the machines' local service, trust auth
+REDIS = ("127.0.0.1", 6379)
+
+
+def missing_services() -> list[str]:
+    """What the distributed setup needs and this machine lacks: the Python drivers, the Celery provider, a
+    PostgreSQL server on 127.0.0.1:5432 and a Redis server on 127.0.0.1:6379 (each named, for a skip)."""
+    missing = []
+    for module, what in (("psycopg2", "psycopg2-binary"), ("asyncpg", "asyncpg"), ("redis", "redis"),
+                         ("airflow.providers.celery", "apache-airflow-providers-celery")):  # fmt: skip
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(f"the Python package {what}")
+    for name, (host, port) in (("PostgreSQL", POSTGRES[:2]), ("Redis", REDIS)):
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+        except OSError:
+            missing.append(f"a {name} server on {host}:{port}")
+    return missing
+
+
+class PostgresDatabase:
+    """A database of its own on the local PostgreSQL service: created on entry, dropped on exit."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.host, self.port, self.user = POSTGRES
+
+    def url(self, driver: str = "postgresql+psycopg2") -> str:
+        return f"{driver}://{self.user}@{self.host}:{self.port}/{self.name}"
+
+    def _admin(self, statement: str) -> None:
+        import psycopg2
+
+        conn = psycopg2.connect(host=self.host, port=self.port, user=self.user, dbname="postgres")
+        conn.autocommit = True  # CREATE / DROP DATABASE cannot run in a transaction
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement)
+        finally:
+            conn.close()
+
+    def __enter__(self) -> PostgresDatabase:
+        self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        self._admin(f'CREATE DATABASE "{self.name}"')
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+def celery_env(env: dict[str, str], database: PostgresDatabase, redis_db: int) -> dict[str, str]:
+    """airflow_env's environment turned to the CeleryExecutor: metadata and Celery results in `database`, the
+    broker on the local Redis. Every process of the cluster must share these values and the keys below."""
+    db = database.url()
+    return {
+        **env,
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db,
+        "AIRFLOW__CELERY__BROKER_URL": f"redis://{REDIS[0]}:{REDIS[1]}/{redis_db}",
+        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{db}",
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+        "AIRFLOW__CORE__FERNET_KEY": env.get("AIRFLOW__CORE__FERNET_KEY") or _fernet_key(),
+        "AIRFLOW__API_AUTH__JWT_SECRET": env.get("AIRFLOW__API_AUTH__JWT_SECRET") or secrets.token_hex(32),
+        "AIRFLOW__API__SECRET_KEY": env.get("AIRFLOW__API__SECRET_KEY") or secrets.token_hex(32),
+    }
+
+
+def _fernet_key() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+
+
+class CeleryWorkers:
+    """`airflow celery worker` processes, one per (queue, name). Each is a host of its own to Airflow: its task
+    instances record `name` as their hostname (two workers on one machine would otherwise share one)."""
+
+    def __init__(self, env: dict[str, str], workers: list[tuple[str, str]], api_port: int) -> None:
+        self.workers = workers
+        self.env = {**env, "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/"}
+        self.home = Path(env["AIRFLOW_HOME"])
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> CeleryWorkers:
+        airflow_bin = str(Path(sys.executable).parent / "airflow")
+        for queue, name in self.workers:
+            env = {**self.env, "MOOD_WORKER_NAME": name,
+                   "AIRFLOW__CORE__HOSTNAME_CALLABLE": "devtools.hostname.worker_name",
+                   # Each worker serves its task logs on a port of its own (8793 for all by default).
+                   "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())}  # fmt: skip
+            log = (self.home / f"worker-{name}.log").open("ab")
+            args = [airflow_bin, "celery", "worker", "--queues", queue, "--celery-hostname", f"{name}@%h"]
+            self.procs.append(subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                               start_new_session=True))  # fmt: skip
+        return self
+
+    def check_alive(self) -> None:
+        for (_, name), proc in zip(self.workers, self.procs, strict=True):
+            if proc.poll() is not None:
+                tail = (self.home / f"worker-{name}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"celery worker {name} exited with {proc.returncode}:\n{tail}")
+
+    def stop(self) -> None:
+        stop_processes(self.procs)
+
+    def __enter__(self) -> CeleryWorkers:
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -22,6 +22,7 @@ import yaml
 from devtools.mirror.audioset import MEDIA_DIR, MEDIA_EXT, plan_rows
 from devtools.mirror.cli import audioset_overrides
 from devtools.mirror.server import Fault, MirrorServer
+from devtools.workspace import PostgresDatabase, missing_services
 from tasks.audio import decode_flac
 from tasks.audioset.classify import ClipProblem, classify
 from tasks.audioset.download import (
@@ -34,7 +35,7 @@ from tasks.audioset.download import (
 )
 from tasks.audioset.politeness import Budget
 from tasks.audioset.select import select_audioset
-from tasks.audioset.state import fingerprint
+from tasks.audioset.state import STATE_DB_ENV, fingerprint
 from tasks.audioset.ytdlp import Credentials, fetch_section
 from tasks.config import apply_overrides, section_config
 
@@ -425,7 +426,25 @@ def test_a_body_cut_short_is_a_transient_network_failure_not_a_short_video(
     assert caught.value.problem.reason == "network" and not caught.value.problem.permanent
 
 
-def test_one_budget_bounds_every_worker_of_every_shard(tmp_path: Path) -> None:
+@pytest.fixture
+def postgres_state(monkeypatch: pytest.MonkeyPatch):
+    """The download state in a Postgres database of its own, as a multi-host deployment sets it."""
+    missing = [m for m in missing_services() if "PostgreSQL" in m or "psycopg2" in m]
+    if missing:
+        pytest.skip("the Postgres state needs " + ", ".join(missing))
+    with PostgresDatabase(f"mood_state_{os.getpid()}") as db:
+        monkeypatch.setenv(STATE_DB_ENV, db.url("postgresql"))
+        yield db
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def state_backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgres":
+        request.getfixturevalue("postgres_state")
+    return request.param
+
+
+def test_one_budget_bounds_every_worker_of_every_shard(tmp_path: Path, state_backend: str) -> None:
     """Four shards' budgets (separate connections, as separate processes have) with four threads each draw
     from one bucket: never more starts than the burst plus the rate times the time elapsed."""
     per_hour, burst = 36000.0, 3  # 10 per second
@@ -553,3 +572,28 @@ def test_a_new_sample_rate_fetches_again_and_never_mixes_rates(setup: Setup) -> 
     metrics = acquire_audioset_with(setup, lambda s: None, "acquire_audioset.sample_rate=22050")
     assert setup.media_requests() > n and metrics["clips"] == 11
     assert {r["sample_rate"] for r in read(setup.root, "manifest.parquet")} == {22050}
+
+
+def test_the_state_in_postgres_is_shared_by_every_host(setup: Setup, postgres_state, corpus, tmp_path: Path) -> None:
+    """With AUDIOSET_STATE_DB set, a second host (another workspace) finds every clip the first fetched."""
+    import psycopg2
+
+    first = acquire_audioset_with(setup, lambda s: None)
+    n = setup.media_requests()
+    assert not (setup.root / ".cache/audioset/state.sqlite").exists()
+    other = Setup(setup.params, corpus, setup.server, tmp_path / "host2")
+    assert acquire_audioset_with(other, lambda s: None) == first
+    assert setup.media_requests() == n
+    conn = psycopg2.connect(postgres_state.url("postgresql"))
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM fetched")
+            fetched = cur.fetchone()[0]
+            cur.execute("SELECT count(*) FROM failed")
+            failed = cur.fetchone()[0]
+            cur.execute("SELECT name FROM budget")
+            budgets = [row[0] for row in cur.fetchall()]
+    finally:
+        conn.close()
+    assert (fetched, failed) == (13, 1)  # every clip fetched (2 of them judged short or silent), the gone video
+    assert budgets == [f"127.0.0.1:{setup.server.server_address[1]}"]

@@ -2,9 +2,10 @@
 
 YouTube judges a session (an address, a cookie jar), not a thread, so pacing per worker multiplies
 with the pool and the threads. Instead every shard task and thread that shares the state database
-(every worker of a machine, with the default `state_dir`) draws from one token bucket per source
-host: `max_requests_per_hour` on average, `burst` at once after an idle spell. A request is one clip
-attempt (yt-dlp's probe and ffmpeg's reads of the section).
+(every worker of a machine with the SQLite file under `state_dir`; of every host with
+AUDIOSET_STATE_DB) draws from one token bucket per source host: `max_requests_per_hour` on
+average, `burst` at once after an idle spell. A request is one clip attempt (yt-dlp's probe and
+ffmpeg's reads of the section).
 
 Persistent rate limiting (the stop-loss) pauses the whole budget, so every worker stops asking,
 and the pause's end is stored with it: Airflow reschedules a paused shard for that moment, the CLI
@@ -14,16 +15,13 @@ waits it out. `pauses` counts pauses in a row without a success between them.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tasks.audioset.state import connect
+from tasks.audioset.state import StateDB
 
 log = logging.getLogger("tasks")
 
@@ -44,34 +42,23 @@ class Budget:
         self._local = threading.local()
 
     @property
-    def _db(self) -> sqlite3.Connection:
-        if not hasattr(self._local, "db"):  # SQLite connections are not shared across threads
-            self._local.db = connect(self.state_dir)
+    def _db(self) -> StateDB:
+        if not hasattr(self._local, "db"):  # one connection per thread: neither driver shares one across threads
+            self._local.db = StateDB(self.state_dir)
         return self._local.db
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")  # one writer at a time across processes: no token is spent twice
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-
     def _row(self, now: float) -> tuple[float, float, float, int]:
-        row = self._db.execute("SELECT tokens, updated, paused_until, pauses FROM budget WHERE name = ?",
-                               (self.name,)).fetchone()  # fmt: skip
-        return row if row else (self.burst, now, 0.0, 0)
+        rows = self._db.execute("SELECT tokens, updated, paused_until, pauses FROM budget WHERE name = ?", (self.name,))
+        return rows[0] if rows else (self.burst, now, 0.0, 0)
 
     def _write(self, tokens: float, now: float, paused_until: float, pauses: int) -> None:
-        self._db.execute("INSERT OR REPLACE INTO budget VALUES (?, ?, ?, ?, ?)",
-                         (self.name, tokens, now, paused_until, pauses))  # fmt: skip
+        self._db.execute("INSERT INTO budget VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                         "tokens = excluded.tokens, updated = excluded.updated, paused_until = excluded.paused_until, "
+                         "pauses = excluded.pauses", (self.name, tokens, now, paused_until, pauses))  # fmt: skip
 
     def take(self) -> Gate:
         """Spend one request if the bucket holds one; else how long until it will (or the pause ends)."""
-        with self._transaction():
+        with self._db.transaction(f"budget:{self.name}"):
             now = time.time()
             tokens, updated, paused_until, pauses = self._row(now)
             if paused_until > now:
@@ -85,7 +72,7 @@ class Budget:
     def pause(self, seconds: float) -> tuple[float, int]:
         """Stop every worker for `seconds`: (when the pause ends, pauses in a row). A pause that is
         already running is not extended or counted twice: several workers see the same streak."""
-        with self._transaction():
+        with self._db.transaction(f"budget:{self.name}"):
             now = time.time()
             _, _, paused_until, pauses = self._row(now)
             if paused_until <= now:

@@ -1,6 +1,8 @@
 """What the downloader keeps between runs, outside the DVC outputs (`dvc repro` never wipes it).
 
-One SQLite file under `state_dir`, safe for several shard tasks and threads at once:
+One SQLite file under `state_dir`, safe for several shard tasks and threads of one machine; or, when the
+deployment sets AUDIOSET_STATE_DB to a postgresql:// URL, a Postgres database that every worker of every
+host shares (with it the request budget: one YouTube session, one budget, however many hosts). Tables:
 - `fetched`: every clip ever fetched and decoded, whatever the acceptance thresholds or the selection
   say today. The store is judged from it, so new thresholds, a shrunk quota or a new shard size never
   ask the source again. Keyed by clip id and the parameters that shape the audio (rate, channels).
@@ -13,17 +15,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from tasks.audio import FlacBlob
 from tasks.storage import Failure
 
+STATE_DB_ENV = "AUDIOSET_STATE_DB"
+# Written once for both databases: {blob} and {real} are their names for bytes and doubles.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS fetched (
-    id TEXT NOT NULL, fingerprint TEXT NOT NULL, flac BLOB NOT NULL,
+    id TEXT NOT NULL, fingerprint TEXT NOT NULL, flac {blob} NOT NULL,
     sample_rate INTEGER NOT NULL, channels INTEGER NOT NULL, frames INTEGER NOT NULL,
     PRIMARY KEY (id, fingerprint));
 CREATE TABLE IF NOT EXISTS failed (
@@ -31,8 +37,8 @@ CREATE TABLE IF NOT EXISTS failed (
     reason TEXT NOT NULL, message TEXT NOT NULL, attempts INTEGER NOT NULL,
     PRIMARY KEY (id, fingerprint));
 CREATE TABLE IF NOT EXISTS budget (
-    name TEXT PRIMARY KEY, tokens REAL NOT NULL, updated REAL NOT NULL,
-    paused_until REAL NOT NULL, pauses INTEGER NOT NULL);
+    name TEXT PRIMARY KEY, tokens {real} NOT NULL, updated {real} NOT NULL,
+    paused_until {real} NOT NULL, pauses INTEGER NOT NULL);
 """
 
 
@@ -40,39 +46,82 @@ def fingerprint(values: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def connect(state_dir: Path) -> sqlite3.Connection:
-    """A connection in autocommit mode: each statement is its own transaction unless one is begun."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(state_dir / "state.sqlite", timeout=120, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.executescript(SCHEMA)
-    _migrate(db)
-    return db
+class StateDB:
+    """One connection to the download state, in autocommit mode (each statement its own transaction unless
+    `transaction` begins one). Statements use ? placeholders and SQL that SQLite and Postgres both accept."""
+
+    def __init__(self, state_dir: Path) -> None:
+        url = os.environ.get(STATE_DB_ENV)
+        self.postgres = bool(url)
+        if url:
+            import psycopg2
+
+            self.db: Any = psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://"))
+            self.db.autocommit = True
+            with self.db.cursor() as cur:
+                cur.execute("SELECT pg_advisory_lock(hashtext('mood_pipeline_state_schema'))")  # one creator
+                cur.execute(SCHEMA.format(blob="BYTEA", real="DOUBLE PRECISION"))
+                cur.execute("SELECT pg_advisory_unlock(hashtext('mood_pipeline_state_schema'))")
+            return
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(state_dir / "state.sqlite", timeout=120, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(SCHEMA.format(blob="BLOB", real="REAL"))
+        _migrate(self.db)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        if not self.postgres:
+            return self.db.execute(sql, params).fetchall()
+        with self.db.cursor() as cur:
+            cur.execute(sql.replace("?", "%s"), params)
+            return cur.fetchall() if cur.description else []
+
+    @contextmanager
+    def transaction(self, lock: str) -> Iterator[None]:
+        """A transaction that holds `lock` against every other connection, on any host, until it ends."""
+        if self.postgres:
+            self.execute("BEGIN")
+            self.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (lock,))
+        else:
+            self.execute("BEGIN IMMEDIATE")  # SQLite has one writer at a time: the lock is the whole file
+        try:
+            yield
+        except BaseException:
+            self.execute("ROLLBACK")
+            raise
+        self.execute("COMMIT")
+
+    def close(self) -> None:
+        self.db.close()
 
 
 class DownloadState:
     def __init__(self, state_dir: Path, audio_key: str, source_key: str) -> None:
         """audio_key: what shapes a fetched clip's audio; source_key: that plus where it was fetched from."""
         self.audio_key, self.source_key = audio_key, source_key
-        self.db = connect(state_dir)
+        self.db = StateDB(state_dir)
 
     def close(self) -> None:
         self.db.close()
 
     def save(self, clip_id: str, flac: FlacBlob) -> None:
-        self.db.execute("INSERT OR REPLACE INTO fetched VALUES (?, ?, ?, ?, ?, ?)",
+        self.db.execute("INSERT INTO fetched VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id, fingerprint) DO UPDATE SET "
+                        "flac = excluded.flac, sample_rate = excluded.sample_rate, channels = excluded.channels, "
+                        "frames = excluded.frames",
                         (clip_id, self.audio_key, flac.data, flac.sample_rate, flac.channels, flac.frames))  # fmt: skip
 
     def fetched(self, ids: Sequence[str]) -> dict[str, FlacBlob]:
         rows = self._select("fetched", "id, flac, sample_rate, channels, frames", self.audio_key, ids)
-        return {cid: FlacBlob(*values) for cid, *values in rows}
+        return {cid: FlacBlob(bytes(data), *values) for cid, data, *values in rows}  # Postgres gives memoryviews
 
     def fetched_ids(self, ids: Sequence[str]) -> set[str]:
         return {cid for (cid,) in self._select("fetched", "id", self.audio_key, ids)}
 
     def remember(self, failure: Failure) -> None:
         f = failure
-        self.db.execute("INSERT OR REPLACE INTO failed VALUES (?, ?, ?, ?, ?, ?, ?)",
+        self.db.execute("INSERT INTO failed VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id, fingerprint) DO UPDATE SET "
+                        "source = excluded.source, stage = excluded.stage, reason = excluded.reason, "
+                        "message = excluded.message, attempts = excluded.attempts",
                         (f.id, self.source_key, f.source, f.stage, f.reason, f.message, f.attempts))  # fmt: skip
 
     def remembered(self, ids: Sequence[str]) -> dict[str, Failure]:
@@ -83,8 +132,10 @@ class DownloadState:
         """Failures remembered under an earlier layout's key: the source's own answers are kept; verdicts on
         audio (judged reasons) are dropped, since that layout did not keep the audio to judge again."""
         marks = ",".join("?" * len(judged))
-        self.db.execute(f"DELETE FROM failed WHERE fingerprint = ? AND reason IN ({marks})", (old_key, *judged))
-        self.db.execute("UPDATE OR IGNORE failed SET fingerprint = ? WHERE fingerprint = ?", (self.source_key, old_key))
+        self.db.execute(f"DELETE FROM failed WHERE fingerprint = ? AND (reason IN ({marks}) OR id IN "
+                        f"(SELECT id FROM failed WHERE fingerprint = ?))",
+                        (old_key, *judged, self.source_key))  # fmt: skip
+        self.db.execute("UPDATE failed SET fingerprint = ? WHERE fingerprint = ?", (self.source_key, old_key))
 
     def _select(self, table: str, columns: str, key: str, ids: Sequence[str]) -> list[tuple[Any, ...]]:
         """`columns` of the rows of `ids` under `key`, a few hundred ids per query."""
@@ -92,7 +143,7 @@ class DownloadState:
         for chunk in _chunks(ids):
             marks = ",".join("?" * len(chunk))
             query = f"SELECT {columns} FROM {table} WHERE fingerprint = ? AND id IN ({marks})"
-            rows += self.db.execute(query, (key, *chunk)).fetchall()
+            rows += self.db.execute(query, (key, *chunk))
         return rows
 
 
