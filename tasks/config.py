@@ -111,7 +111,9 @@ class FrontEndConfig(Section):
     hop_length: PositiveInt = 160  # 10 ms
     n_fft: PositiveInt = 512
     n_bands: PositiveInt = 64
-    scale: Literal["mel", "linear"] = "mel"  # mel: HTK-formula triangles; linear: evenly spaced triangles
+    # mel: librosa's HTK-formula triangles (linear in Hz); vggish: VGGish's own mel_features bank (linear in
+    # mel, DC bin dropped); linear: evenly spaced triangles
+    scale: Literal["mel", "vggish", "linear"] = "mel"
     fmin: Annotated[float, Field(ge=0)] = 125.0
     fmax: Annotated[float, Field(gt=0)] = 7500.0
     log_offset: Annotated[float, Field(gt=0)] = 0.01  # log(spectrogram + offset)

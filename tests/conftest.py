@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ from devtools.workspace import free_port
 from tasks.config import load_params
 
 PROJECT = Path(__file__).resolve().parents[1]
+SESSION_START = time.time()
+# Written by tests/test_celery.py: which worker ran how many task instances of which queue.
+CELERY_SPREAD = PROJECT / "test-artifacts" / "celery-spread.txt"
 SHARED_DATA = PROJECT.parent / "shared" / "data"
 # Short clips keep the suite fast; the code paths are those of full-length audio.
 SMALL = CorpusSpec(seed=7, ravdess_actors=(1,), ravdess_seconds=(1.0, 1.6), cal500_songs=6, cal500_seconds=(3.0, 5.0),
@@ -73,3 +77,11 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
 
     with MlflowServer(tmp_path_factory.mktemp("mlflow"), free_port()) as server:
         yield server.url
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The CeleryExecutor run's spread over its workers, in the test log (CI's included)."""
+    if CELERY_SPREAD.exists() and CELERY_SPREAD.stat().st_mtime >= SESSION_START:
+        terminalreporter.section("CeleryExecutor: task instances per queue and worker")
+        for line in CELERY_SPREAD.read_text().splitlines():
+            terminalreporter.write_line(line)

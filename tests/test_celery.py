@@ -31,7 +31,7 @@ from devtools.workspace import (
 from tasks.catalog import Catalog
 from tasks.versioning import dvc
 
-from .conftest import PROJECT
+from .conftest import CELERY_SPREAD
 from .test_pipeline import TRAIN_OVERRIDES
 
 pytestmark = pytest.mark.slow
@@ -118,11 +118,9 @@ def test_every_task_of_the_pipeline_succeeded(cluster: dict) -> None:
 
 def test_training_runs_only_on_the_gpu_worker_and_nothing_else_does(cluster: dict) -> None:
     spread = Counter((ti["queue"], ti["hostname"]) for tis in cluster["tis"].values() for ti in tis)
-    lines = [f"{queue:>8} on {host}: {n} task instances" for (queue, host), n in sorted(spread.items())]
-    artifacts = PROJECT / "test-artifacts"
-    artifacts.mkdir(exist_ok=True)
-    (artifacts / "celery-spread.txt").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    lines = [f"queue {queue:<8} on {host}: {n} task instances" for (queue, host), n in sorted(spread.items())]
+    CELERY_SPREAD.parent.mkdir(exist_ok=True)
+    CELERY_SPREAD.write_text("\n".join(lines) + "\n")
     for dag_id, tis in cluster["tis"].items():
         for ti in tis:
             where = (ti["queue"], ti["hostname"])

@@ -102,6 +102,23 @@ def test_cpu_and_cuda_embeddings_agree_within_the_stated_tolerance(params: dict)
             assert float((cpu - cuda).abs().max()) <= CUDA_FLOAT_RTOL * spread
 
 
+# bf16 autocast on CUDA rounds activations to 8 mantissa bits: most bytes within one level of fp32 on CPU.
+BF16_WITHIN_ONE_SHARE = 0.9
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the check runs where a GPU is lent")
+def test_cuda_bf16_embeddings_stay_within_one_level_for_most_bytes(params: dict) -> None:
+    batch = torch.randn(64, 96, 64, generator=torch.Generator().manual_seed(0)) * 2 - 3
+    model, post = random_model(0), random_pca(0)
+    cpu = embed(model.cpu(), post, batch, vggish_cfg(params, Path("unused")), torch.device("cpu"))
+    bf16 = vggish_cfg(params, Path("unused"), "features_vggish.precision=bfloat16")
+    cuda = embed(model.cuda(), post, batch, bf16, torch.device("cuda"))
+    diff = (cpu.int() - cuda.int()).abs()
+    share = float((diff <= 1).float().mean())
+    print(f"CUDA bf16 against CPU fp32: {share:.4f} of the bytes within one level, max {int(diff.max())} levels")
+    assert share >= BF16_WITHIN_ONE_SHARE
+
+
 def vggish_cfg(params: dict, root: Path, *extra: str):
     overrides = [f"features_vggish.store.raw_dir={root / 'raw'}", f"features_vggish.store.out_dir={root / 'vggish'}",
                  f"features_vggish.store.metrics_file={root / 'm.json'}", "features_vggish.device=cpu",

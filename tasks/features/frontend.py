@@ -23,8 +23,22 @@ def frame_count(n_samples: int, cfg: FrontEndConfig) -> int:
     return 0 if n_samples < cfg.win_length else 1 + (n_samples - cfg.win_length) // cfg.hop_length
 
 
+def hertz_to_mel(hertz: np.ndarray) -> np.ndarray:
+    """The HTK mel formula as VGGish's mel_features.py writes it."""
+    return 1127.0 * np.log(1.0 + hertz / 700.0)
+
+
 def filterbank(cfg: FrontEndConfig) -> np.ndarray:
     """bands x (n_fft // 2 + 1) triangles; mel uses librosa's HTK-formula bank without area normalisation."""
+    if cfg.scale == "vggish":
+        # mel_features.spectrogram_to_mel_matrix, number for number: triangles linear in mel between
+        # evenly spaced mel edges, computed in float64, and no weight on the DC bin.
+        bins = hertz_to_mel(np.linspace(0.0, cfg.sample_rate / 2, cfg.n_fft // 2 + 1))
+        edges = np.linspace(hertz_to_mel(np.float64(cfg.fmin)), hertz_to_mel(np.float64(cfg.fmax)), cfg.n_bands + 2)
+        lower, center, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+        bank = np.maximum(0.0, np.minimum((bins - lower) / (center - lower), (upper - bins) / (upper - center)))
+        bank[:, 0] = 0.0
+        return bank.astype(np.float32)
     if cfg.scale == "mel":
         return librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_bands, fmin=cfg.fmin,
                                    fmax=cfg.fmax, htk=True, norm=None, dtype=np.float32)  # fmt: skip
