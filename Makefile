@@ -34,7 +34,7 @@ lint: venv
 services:
 	@up() { python3 -c "import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 2)" $$1 \
 	  2>/dev/null; }; \
-	up 6379 || { command -v redis-server >/dev/null && redis-server --daemonize yes --bind 127.0.0.1 >/dev/null \
+	up 6379 || { command -v redis-server >/dev/null && redis-server --daemonize yes --bind 127.0.0.1 --save '' --dir /tmp >/dev/null \
 	  && echo "started: redis-server"; } || true; \
 	up 5432 || { command -v pg_ctlcluster >/dev/null && for v in /etc/postgresql/*; do \
 	  $(SUDO) pg_ctlcluster "$${v##*/}" main start && echo "started: postgresql $${v##*/}"; done; } || true

@@ -391,6 +391,13 @@ def missing_services() -> list[str]:
             socket.create_connection((host, port), timeout=2).close()
         except OSError:
             missing.append(f"a {name} server on {host}:{port}")
+    if not missing:
+        import psycopg2
+
+        try:
+            psycopg2.connect(host=POSTGRES[0], port=POSTGRES[1], user=POSTGRES[2], dbname="postgres").close()
+        except psycopg2.OperationalError as exc:
+            missing.append(f"trust auth for user {POSTGRES[2]} on {POSTGRES[0]}:{POSTGRES[1]} ({str(exc).strip()})")
     return missing
 
 

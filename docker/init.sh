@@ -14,7 +14,8 @@ cd "$ws"
 dvc remote add --force --default minio s3://dvc/
 dvc remote modify minio endpointurl http://minio:9000
 mkdir -p "$ws/.airflow"
-printf '{"admin": "%s"}\n' "$AIRFLOW_ADMIN_PASSWORD" > "$ws/.airflow/passwords.json"
+python -c 'import json, os; print(json.dumps({"admin": os.environ["AIRFLOW_ADMIN_PASSWORD"]}))' \
+  > "$ws/.airflow/passwords.json"
 chmod 600 "$ws/.airflow/passwords.json"
 airflow db migrate
 airflow pools set dvc 1 "DVC holds a repo-wide lock"

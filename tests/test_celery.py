@@ -38,7 +38,7 @@ pytestmark = pytest.mark.slow
 
 WORKERS = [("default", "w-default"), ("gpu", "w-gpu")]  # (queue, worker name)
 TRIGGERED = ["features_slices", "features_vggish", "train_spectrogram", "train_audioset"]
-REDIS_DB = 7  # one of the local Redis's databases, for this test's broker only
+REDIS_DB = 1 + os.getpid() % 15  # one of the local Redis's 16 databases for this run's broker (0 left alone)
 
 
 @pytest.fixture(scope="module")

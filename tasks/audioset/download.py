@@ -227,11 +227,7 @@ def _keys(cfg: AcquireAudiosetConfig) -> dict[str, Any]:
 
 def _state(cfg: AcquireAudiosetConfig, root: Path) -> DownloadState:
     keys = _keys(cfg)
-    state = DownloadState(root / cfg.state_dir, keys["audio_key"], keys["source_key"])
-    # Failures remembered before the state kept every clip were keyed by the thresholds too.
-    earlier = {k: keys[k] for k in ("sample_rate", "channels", "duration_tolerance_s", "silence_dbfs")}
-    state.adopt_failures(fingerprint({**earlier, "url_template": cfg.url_template}), JUDGED)
-    return state
+    return DownloadState(root / cfg.state_dir, keys["audio_key"], keys["source_key"])
 
 
 def _jobs(cfg: AcquireAudiosetConfig, root: Path) -> dict[str, Job]:
@@ -253,6 +249,10 @@ def plan_audioset(cfg: AcquireAudiosetConfig, root: Path) -> list[int]:
     store.remove_partial_files()
     state = _state(cfg, root)
     try:
+        # Failures remembered before the state kept every clip were keyed by the thresholds too.
+        keys = _keys(cfg)
+        earlier = {k: keys[k] for k in ("sample_rate", "channels", "duration_tolerance_s", "silence_dbfs")}
+        state.adopt_failures(fingerprint({**earlier, "url_template": cfg.url_template}), JUDGED)
         imported = sum(_import_shard(cfg, jobs, store.failures_dir / path.name, path, state)
                        for path in store.current_shards().values())  # fmt: skip
     finally:
@@ -325,9 +325,9 @@ def download_shard(cfg: AcquireAudiosetConfig, root: Path, index: int, creds: Cr
         scratch = root / cfg.state_dir / "tmp" / f"shard-{index:05d}"
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
-        budget = Budget(root / cfg.state_dir, cfg.url_template, cfg.max_requests_per_hour, cfg.burst)
-        downloader = ShardDownloader(cfg, index, creds or Credentials.from_env(cfg.credentials), scratch, budget,
-                                     sleep, wait_out_pauses)  # fmt: skip
+        creds = creds or Credentials.from_env(cfg.credentials)
+        budget = Budget(root / cfg.state_dir, cfg.url_template, cfg.max_requests_per_hour, cfg.burst, creds.session)
+        downloader = ShardDownloader(cfg, index, creds, scratch, budget, sleep, wait_out_pauses)
         stopped = _download(downloader, todo, state, fetched, failures)
         shutil.rmtree(scratch, ignore_errors=True)
     finally:

@@ -3,9 +3,9 @@
 YouTube judges a session (an address, a cookie jar), not a thread, so pacing per worker multiplies
 with the pool and the threads. Instead every shard task and thread that shares the state database
 (every worker of a machine with the SQLite file under `state_dir`; of every host with
-AUDIOSET_STATE_DB) draws from one token bucket per source host: `max_requests_per_hour` on
-average, `burst` at once after an idle spell. A request is one clip attempt (yt-dlp's probe and
-ffmpeg's reads of the section).
+AUDIOSET_STATE_DB) draws from one token bucket per source host and session (cookies, proxy):
+`max_requests_per_hour` on average, `burst` at once after an idle spell. A request is one clip
+attempt (yt-dlp's probe and ffmpeg's reads of the section).
 
 Persistent rate limiting (the stop-loss) pauses the whole budget, so every worker stops asking,
 and the pause's end is stored with it: Airflow reschedules a paused shard for that moment, the CLI
@@ -33,12 +33,14 @@ class Gate:
 
 
 class Budget:
-    """A token bucket in the state database, one row per source host."""
+    """A token bucket in the state database, one row per source host and session."""
 
-    def __init__(self, state_dir: Path, url_template: str, per_hour: float, burst: int) -> None:
+    def __init__(self, state_dir: Path, url_template: str, per_hour: float, burst: int, session: str = "") -> None:
+        """session: which cookies/proxy the requests go out with (Credentials.session): each has its own budget."""
         self.state_dir, self.rate, self.burst = state_dir, per_hour / 3600.0, float(burst)
         url = urlsplit(url_template)
-        self.name = f"{url.hostname}:{url.port}" if url.port else url.hostname or "local"  # never user:pass@
+        host = f"{url.hostname}:{url.port}" if url.port else url.hostname or "local"  # never user:pass@
+        self.name = f"{host}#{session}" if session else host
         self._local = threading.local()
 
     @property
@@ -82,8 +84,9 @@ class Budget:
             return paused_until, pauses
 
     def succeeded(self) -> None:
-        """A definite answer from the server ends a run of pauses."""
-        self._db.execute("UPDATE budget SET pauses = 0 WHERE name = ? AND pauses > 0", (self.name,))
+        """A definite answer from the server ends a run of pauses (under the lock: take() rewrites the row)."""
+        with self._db.transaction(f"budget:{self.name}"):
+            self._db.execute("UPDATE budget SET pauses = 0 WHERE name = ? AND pauses > 0", (self.name,))
 
 
 class StopLoss:

@@ -56,12 +56,12 @@ class StateDB:
         if url:
             import psycopg2
 
-            self.db: Any = psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://"))
+            # A lock wait past 10 min is a stuck peer, not a busy one: fail rather than hang every worker.
+            self.db: Any = psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://"),
+                                            options="-c lock_timeout=600s")  # fmt: skip
             self.db.autocommit = True
-            with self.db.cursor() as cur:
-                cur.execute("SELECT pg_advisory_lock(hashtext('mood_pipeline_state_schema'))")  # one creator
-                cur.execute(SCHEMA.format(blob="BYTEA", real="DOUBLE PRECISION"))
-                cur.execute("SELECT pg_advisory_unlock(hashtext('mood_pipeline_state_schema'))")
+            with self.transaction("schema"):  # one creator at a time; the lock ends with the transaction
+                self.execute(SCHEMA.format(blob="BYTEA", real="DOUBLE PRECISION"))
             return
         state_dir.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(state_dir / "state.sqlite", timeout=120, isolation_level=None)

@@ -6,6 +6,7 @@ requests) and converted to `sample_rate` / `channels`. Failures come back classi
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -41,6 +42,14 @@ class Credentials:
     def from_env(cls, cfg: CredentialsConfig) -> Credentials:
         cookies = os.environ.get(cfg.cookies_env) or None
         return cls(Path(cookies) if cookies else None, os.environ.get(cfg.proxy_env) or None)
+
+    @property
+    def session(self) -> str:
+        """Which YouTube session these are, for the request budget: '' without cookies or proxy, else a digest
+        (never the values themselves)."""
+        if not (self.cookies_file or self.proxy):
+            return ""
+        return hashlib.sha256(f"{self.cookies_file}|{self.proxy}".encode()).hexdigest()[:12]
 
     def redact(self, text: str) -> str:
         for secret, mark in ((self.proxy, "<proxy>"), (str(self.cookies_file) if self.cookies_file else None,

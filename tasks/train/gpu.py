@@ -10,6 +10,7 @@ import fcntl
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -42,7 +43,8 @@ def claim_gpu(lock_dir: Path, devices: list[str], timeout_s: float = 3600.0) -> 
     deadline = time.monotonic() + timeout_s
     while True:
         for device in devices:
-            handle = (lock_dir / f"gpu{device}.lock").open("w")
+            # Named by host too: GPU 0 of one host is not GPU 0 of another, though the workspace may be shared.
+            handle = (lock_dir / f"{socket.gethostname()}-gpu{device}.lock").open("w")
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
