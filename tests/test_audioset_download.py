@@ -35,9 +35,10 @@ from tasks.audioset.download import (
 )
 from tasks.audioset.politeness import Budget
 from tasks.audioset.select import select_audioset
-from tasks.audioset.state import STATE_DB_ENV, fingerprint
+from tasks.audioset.state import STATE_DB_ENV
 from tasks.audioset.ytdlp import Credentials, fetch_section
 from tasks.config import apply_overrides, section_config
+from tasks.storage import params_hash
 
 from .conftest import PROJECT, SMALL
 
@@ -554,7 +555,7 @@ def test_a_state_of_the_earlier_layout_is_migrated_not_lost(setup: Setup) -> Non
     shutil.rmtree(setup.root / "data/raw/audioset")
     shape = {"sample_rate": cfg.sample_rate, "channels": cfg.channels,
              "duration_tolerance_s": cfg.duration_tolerance_s, "silence_dbfs": cfg.silence_dbfs}  # fmt: skip
-    old_clip_key, old_source_key = fingerprint(shape), fingerprint({**shape, "url_template": cfg.url_template})
+    old_clip_key, old_source_key = params_hash(shape), params_hash({**shape, "url_template": cfg.url_template})
     with sqlite3.connect(setup.root / ".cache/audioset/state.sqlite") as db:
         db.execute("CREATE TABLE staged (id TEXT NOT NULL, fingerprint TEXT NOT NULL, flac BLOB NOT NULL, "
                    "sample_rate INTEGER NOT NULL, channels INTEGER NOT NULL, frames INTEGER NOT NULL, "

@@ -38,7 +38,7 @@ from tasks.audioset.classify import PERMANENT, RATE_LIMITS, ClipProblem, Problem
 from tasks.audioset.lists import InvalidId, check_ytid
 from tasks.audioset.politeness import Budget, StopLoss, backoff
 from tasks.audioset.select import read_selection
-from tasks.audioset.state import DownloadState, fingerprint
+from tasks.audioset.state import DownloadState
 from tasks.audioset.ytdlp import Credentials, fetch_section
 from tasks.config import AcquireAudiosetConfig
 from tasks.fetch import redact
@@ -50,6 +50,7 @@ from tasks.storage import (
     StageFailed,
     check_failure_share,
     log_failure,
+    params_hash,
     plan_shards,
     shard_stamp,
     store_metrics,
@@ -221,8 +222,8 @@ def _keys(cfg: AcquireAudiosetConfig) -> dict[str, Any]:
     audio_key keys the fetched clips (the thresholds never invalidate them); source_key the failures."""
     audio = {"sample_rate": cfg.sample_rate, "channels": cfg.channels}
     return {**audio, "duration_tolerance_s": cfg.duration_tolerance_s, "silence_dbfs": cfg.silence_dbfs,
-            "audio_key": fingerprint(audio),
-            "source_key": fingerprint({**audio, "url_template": redact(cfg.url_template)})}  # fmt: skip
+            "audio_key": params_hash(audio),
+            "source_key": params_hash({**audio, "url_template": redact(cfg.url_template)})}  # fmt: skip
 
 
 def _state(cfg: AcquireAudiosetConfig, root: Path) -> DownloadState:
@@ -252,7 +253,7 @@ def plan_audioset(cfg: AcquireAudiosetConfig, root: Path) -> list[int]:
         # Failures remembered before the state kept every clip were keyed by the thresholds too.
         keys = _keys(cfg)
         earlier = {k: keys[k] for k in ("sample_rate", "channels", "duration_tolerance_s", "silence_dbfs")}
-        state.adopt_failures(fingerprint({**earlier, "url_template": cfg.url_template}), JUDGED)
+        state.adopt_failures(params_hash({**earlier, "url_template": cfg.url_template}), JUDGED)
         imported = sum(_import_shard(cfg, jobs, store.failures_dir / path.name, path, state)
                        for path in store.current_shards().values())  # fmt: skip
     finally:

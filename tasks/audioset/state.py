@@ -13,8 +13,6 @@ host shares (with it the request budget: one YouTube session, one budget, howeve
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.audio import FlacBlob
-from tasks.storage import Failure
+from tasks.storage import Failure, params_hash
 
 STATE_DB_ENV = "AUDIOSET_STATE_DB"
 # Written once for both databases: {blob} and {real} are their names for bytes and doubles.
@@ -40,10 +38,6 @@ CREATE TABLE IF NOT EXISTS budget (
     name TEXT PRIMARY KEY, tokens {real} NOT NULL, updated {real} NOT NULL,
     paused_until {real} NOT NULL, pauses INTEGER NOT NULL);
 """
-
-
-def fingerprint(values: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class StateDB:
@@ -154,7 +148,7 @@ def _migrate(db: sqlite3.Connection) -> None:
         return
     db.execute("BEGIN IMMEDIATE")
     for rate, channels in db.execute("SELECT DISTINCT sample_rate, channels FROM staged").fetchall():
-        key = fingerprint({"sample_rate": rate, "channels": channels})
+        key = params_hash({"sample_rate": rate, "channels": channels})
         db.execute("INSERT OR IGNORE INTO fetched SELECT id, ?, flac, sample_rate, channels, frames FROM staged "
                    "WHERE sample_rate = ? AND channels = ?", (key, rate, channels))  # fmt: skip
     db.execute("DROP TABLE staged")

@@ -6,7 +6,6 @@ requests) and converted to `sample_rate` / `channels`. Failures come back classi
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -22,6 +21,7 @@ from tasks.audioset.classify import ClipProblem, Problem, classify
 from tasks.audioset.lists import check_ytid
 from tasks.config import AcquireAudiosetConfig, CredentialsConfig
 from tasks.fetch import redact_text
+from tasks.storage import params_hash
 
 log = logging.getLogger("tasks")
 
@@ -49,7 +49,7 @@ class Credentials:
         (never the values themselves)."""
         if not (self.cookies_file or self.proxy):
             return ""
-        return hashlib.sha256(f"{self.cookies_file}|{self.proxy}".encode()).hexdigest()[:12]
+        return params_hash({"cookies": str(self.cookies_file), "proxy": self.proxy})[:12]
 
     def redact(self, text: str) -> str:
         for secret, mark in ((self.proxy, "<proxy>"), (str(self.cookies_file) if self.cookies_file else None,
