@@ -53,6 +53,7 @@ demo: apt venv
 bench: apt venv
 	$(PY) benchmarks/audioset_download.py
 	$(PY) benchmarks/features.py
+	$(PY) benchmarks/predict.py
 	$(PY) benchmarks/train.py
 
 # Real RAVDESS (../shared/data), 5-fold CV by actor: both baselines, ~15 min on 2 cores.

@@ -59,6 +59,11 @@ def model_asset(name: str) -> Asset:
     return _asset(CATALOG.model_asset(name))
 
 
+def predictions_asset() -> Asset:
+    """Where predict_batch writes its runs' predictions (predict.out_dir)."""
+    return _asset(CATALOG.predictions_asset())
+
+
 @task(**LOCAL_ARGS)
 def run_stage(stage: str) -> dict[str, Any]:
     """Run one stage in the workspace: the function `dvc repro` runs (override retries per use)."""

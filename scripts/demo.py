@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import shutil
+import subprocess
 import sys
+import tarfile
 import time
+import zipfile
 from pathlib import Path
 
-from devtools.mirror.cli import CorpusSpec, build_corpus, mirror_overrides
+from devtools.mirror.cli import CAL500_ARCHIVE, RAVDESS_ZIP, CorpusSpec, build_corpus, mirror_overrides
 from devtools.mirror.server import MirrorServer
 from devtools.workspace import (
     PROJECT,
@@ -37,12 +41,14 @@ SOURCE_NAMES = {"ravdess": "RAVDESS", "cal500": "CAL500", "audioset": "AudioSet"
 # The demo's model matrix trains in about a minute on 2 cores: the small CNN on slices, logistic
 # regression and an LSTM on (random-weight) VGGish embeddings, and the log-mel statistics baseline.
 DEMO_EPOCHS = 30
+DEMO_MODEL = "models:/mood-spectrogram-small-cnn@champion"
 
 
 def train_overrides(mlflow_url: str, ravdess_actors: int) -> list[str]:
     """The workspace logs to the demo's MLflow server; RAVDESS models validate on one held-out actor."""
     folds = max(2, min(5, ravdess_actors))
     return [f"train.common.tracking_uri={mlflow_url}", f"evaluate.tracking_uri={mlflow_url}",
+            f"predict.tracking_uri={mlflow_url}",
             *(f"train.models.spectrogram.{m}.split.k={folds}" for m in ("cnn_ravdess", "stats_ravdess")),
             f"train.architectures.small_cnn.epochs={DEMO_EPOCHS}"]  # fmt: skip
 
@@ -158,6 +164,28 @@ def evaluation_line(report_html: Path, m: dict) -> str:
     )
 
 
+def corpus_songs(mirror: Path, out: Path) -> list[Path]:
+    """One sung clip of the generated RAVDESS zip and one song of the generated CAL500 archive, as files."""
+    out.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(mirror / RAVDESS_ZIP) as archive:
+        member = next(m for m in sorted(archive.namelist()) if m.endswith(".wav"))
+        clip = out / Path(member).name
+        clip.write_bytes(archive.read(member))
+    with tarfile.open(mirror / CAL500_ARCHIVE) as archive:
+        member = next(m for m in sorted(archive.getnames()) if m.endswith(".mp3"))
+        song = out / Path(member).name
+        song.write_bytes(archive.extractfile(member).read())  # type: ignore[union-attr]
+    return [clip, song]
+
+
+def predict_songs(workspace: Path, songs: list[Path], mlflow_url: str) -> bool:
+    """`python -m tasks predict` on the songs with the registry's champion CNN, its table shown as it prints."""
+    command = [sys.executable, "-m", "tasks", "predict", *map(str, songs), "--model", DEMO_MODEL]
+    print(f"\n=== predict ===\ncd {workspace} && {' '.join(command[:4])} {' '.join(command[4:])}", flush=True)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_url, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.run(command, cwd=workspace, env=env, check=False).returncode == 0
+
+
 def wait_for_evaluations(services: AirflowServices, workspace: Path, catalog: Catalog,
                          states: dict[str, dict[str, str]], timeout: float = 600) -> None:  # fmt: skip
     """The evaluate DAG runs once per batch of model Assets: wait until no run is pending and every model
@@ -252,7 +280,9 @@ def main() -> int:
                 wait_for_triggered(services, asset_dags(catalog), services.assets_produced(dag_id, run_id), states)
                 wait_for_evaluations(services, workspace, catalog, states)
         report(workspace, catalog, states, mlflow_url)
-        code = 0 if all(s == "success" for t in states.values() for s in t.values()) else 1
+        songs = corpus_songs(demo / "mirror", demo / "songs")
+        predicted = predict_songs(workspace, songs, mlflow_url)
+        code = 0 if predicted and all(s == "success" for t in states.values() for s in t.values()) else 1
         print(f"""
 === where to look ===
 Airflow UI   {services.url}   user: admin   password: {password}
@@ -266,6 +296,13 @@ Workspace    {workspace}   (a git + DVC repo; its params.yaml points at the mirr
 {layout(catalog)}
   {Path(sys.executable).parent}/dvc plots show --html-template {PROJECT}/.cache/dvc/plots-offline.html
                     # offline: after make plots-template; dvc plots diff takes it too
+Predict      cd {workspace} && {sys.executable} -m tasks predict {demo / "songs"} --model {DEMO_MODEL}
+             (any files, folders or URLs; --out x.json or x.csv; --voting soft|threshold)
+Serve        MLFLOW_TRACKING_URI={mlflow_url} PATH={Path(sys.executable).parent}:$PATH \\
+               mlflow models serve -m {DEMO_MODEL.replace("@", "-audio@")} --env-manager local -p 5001
+             curl -s localhost:5001/invocations -H 'Content-Type: application/json' \\
+               -d '{{"dataframe_records": [{{"path": "{songs[0]}"}}]}}'
+Batch        Airflow UI -> predict_batch -> Trigger (input: {demo / "songs"}, or a raw dataset: cal500)
 Mirror       {mirror.url} serving {demo / "mirror"}
 Logs         {demo / "airflow"}/*.log, {demo / "mlflow" / "server.log"}""")
         if not args.no_wait and sys.stdin.isatty():

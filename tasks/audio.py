@@ -56,22 +56,24 @@ def encode_flac(samples: np.ndarray, sample_rate: int) -> FlacBlob:
     return FlacBlob(buf.getvalue(), sample_rate, channels, samples.shape[0])
 
 
+def _ffmpeg(path: Path, out: Path, codec: list[str]) -> bytes:
+    """Decode the first audio stream of `path` into `out` (a real file, not a pipe: ffmpeg seeks back to write
+    the length into the header) with `codec`; its bytes, or AudioError naming the file."""
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", *codec, "-fflags", "+bitexact",
+           str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, check=False)
+    err = proc.stderr.decode(errors="replace").strip()
+    if proc.returncode != 0 or not out.exists() or out.stat().st_size == 0:
+        raise AudioError("decode", f"ffmpeg could not decode {path.name}: {err[-300:] or 'no audio'}")
+    # ffmpeg exits 0 on a truncated mp3 but reports the damage; a partial song is not the song.
+    if any(word in err.lower() for word in ("invalid", "truncat", "error")):
+        raise AudioError("decode", f"{path.name} is damaged: {err[-300:]}")
+    return out.read_bytes()
+
+
 def _ffmpeg_to_flac(path: Path) -> bytes:
-    # A real file, not a pipe: ffmpeg seeks back to write the frame count into STREAMINFO.
     with tempfile.TemporaryDirectory(prefix="flac-") as tmp:
-        out = Path(tmp) / "audio.flac"
-        cmd = [
-            "ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0",
-            "-c:a", "flac", "-sample_fmt", "s16", "-fflags", "+bitexact", str(out),
-        ]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, check=False)
-        err = proc.stderr.decode(errors="replace").strip()
-        if proc.returncode != 0 or not out.exists() or out.stat().st_size == 0:
-            raise AudioError("decode", f"ffmpeg could not decode {path.name}: {err[-300:] or 'no audio'}")
-        # ffmpeg exits 0 on a truncated mp3 but reports the damage; a partial song is not the song.
-        if any(word in err.lower() for word in ("invalid", "truncat", "error")):
-            raise AudioError("decode", f"{path.name} is damaged: {err[-300:]}")
-        return out.read_bytes()
+        return _ffmpeg(path, Path(tmp) / "audio.flac", ["-c:a", "flac", "-sample_fmt", "s16"])
 
 
 def file_to_flac(path: Path) -> FlacBlob:
@@ -91,6 +93,27 @@ def file_to_flac(path: Path) -> FlacBlob:
     if info.frames == 0:
         raise AudioError("empty", f"{path.name} holds no samples")
     return FlacBlob(data, info.samplerate, info.channels, info.frames)
+
+
+def read_pcm(path: Path) -> tuple[np.ndarray, int]:
+    """Any audio file as float32 samples (frames x channels) and its rate: the 16-bit samples file_to_flac would
+    store, scaled as decode_flac scales them, without the FLAC round trip (a third of the time for an mp3)."""
+    if path.stat().st_size == 0:
+        raise AudioError("empty", f"{path.name} is an empty file")
+    try:
+        if path.suffix.lower() in SNDFILE_SUFFIXES:
+            pcm, rate = sf.read(path, dtype="int16", always_2d=True)
+        else:
+            with tempfile.TemporaryDirectory(prefix="pcm-") as tmp:
+                wav = _ffmpeg(path, Path(tmp) / "audio.wav", ["-c:a", "pcm_s16le"])
+                pcm, rate = sf.read(io.BytesIO(wav), dtype="int16", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+        raise AudioError("decode", f"cannot decode {path.name}: {exc}") from exc
+    if pcm.size == 0:
+        raise AudioError("empty", f"{path.name} holds no samples")
+    samples = pcm.astype(np.float32)
+    samples *= 1.0 / 32768.0
+    return samples, rate
 
 
 # A FLAC frame holds at most 65535 samples per channel in no fewer than ~10 bytes: a header

@@ -83,6 +83,10 @@ class Catalog:
         """A trained model of the matrix, as train_<study>@<model> writes it."""
         return AssetPath(f"model_{model}", f"{self._section('train').common.models_dir}/{model}", "models")
 
+    def predictions_asset(self) -> AssetPath:
+        """The predict_batch DAG's output folder (<predict.out_dir>/<run>/predictions.parquet); not a DVC stage."""
+        return AssetPath("predictions", self._section("predict").out_dir, "predictions")
+
     def feature_sets(self) -> list[FeatureSet]:
         return [FeatureSet(name, f"features_{name}", tuple(self._section(f"features_{name}").datasets))
                 for name in FEATURE_SETS]  # fmt: skip

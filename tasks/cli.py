@@ -82,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m tasks",
         description="Music mood pipeline stages. Each reads its own section of params.yaml.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="stages:\n" + "\n".join(f"  {n:<18} {s.help}" for n, s in STAGES.items()),
+        epilog="stages:\n" + "\n".join(f"  {n:<18} {s.help}" for n, s in STAGES.items())
+        + "\n\nand `python -m tasks predict PATH...`: the mood of audio files (python -m tasks predict -h)",
     )
     parser.add_argument("stage", help="stage to run")
     parser.add_argument("--params", type=Path, default=None, help="params file (default: <root>/params.yaml)")
@@ -99,6 +100,10 @@ def configure_logging() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     configure_logging()
+    if argv[:1] == ["predict"]:  # not a stage: its own arguments (tasks.predict.cli)
+        from tasks.predict.cli import main as predict
+
+        return predict(argv[1:])
     args = _parser().parse_args(argv)
     try:
         result = run_stage(args.stage, args.root.resolve(), args.params, args.overrides)

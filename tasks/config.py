@@ -461,6 +461,25 @@ class EvaluateConfig(Section):
     label_map: dict[str, dict[str, dict[str, str]]] = {}
 
 
+class PredictConfig(Section):
+    """The mood of any audio file: the CLI (`python -m tasks predict`), the batch DAG and the served model.
+
+    The features are never set here: they come from the model's card (the settings it learned from)."""
+
+    model: str = "models:/mood-spectrogram-small-cnn@champion"  # any MLflow model URI, or a models/<name> folder
+    tracking_uri: str = "http://127.0.0.1:5000"  # $MLFLOW_TRACKING_URI wins
+    voting: Literal["majority", "soft", "threshold"] = "majority"
+    threshold: Annotated[float, Field(gt=0, le=1)] = 0.6  # threshold voting: the label's least share of votes
+    # Shortest file predicted; null: one slice (spectrogram models) or one 0.96 s example (VGGish models).
+    min_seconds: Annotated[float, Field(ge=0)] | None = None
+    max_file_mb: Annotated[float, Field(gt=0)] = 200.0  # larger files (and URL downloads) are refused
+    url_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    device: Device = "cpu"
+    chunk_files: PositiveInt = 50  # batch DAG: files per mapped task
+    raw_dir: str = "data/raw"  # batch DAG: raw clip stores a run may name instead of a folder
+    out_dir: str = "data/predictions"  # batch DAG: <out_dir>/<run id>/predictions.parquet
+
+
 SECTIONS: dict[str, type[Section]] = {
     "acquire_ravdess": AcquireRavdessConfig,
     "acquire_cal500": AcquireCal500Config,
@@ -470,6 +489,7 @@ SECTIONS: dict[str, type[Section]] = {
     "acquire_audioset": AcquireAudiosetConfig,
     "train": TrainConfig,
     "evaluate": EvaluateConfig,
+    "predict": PredictConfig,
 }
 
 

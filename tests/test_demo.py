@@ -61,6 +61,12 @@ def test_demo_runs_the_pipeline_in_a_real_airflow(demo: tuple[Path, str]) -> Non
     assert "dvc status: Data and pipelines are up to date." in out
     assert re.search(r"Airflow UI +http://127\.0\.0\.1:\d+ +user: admin +password: \S+", out)
     assert "Starting the triggerer" in (root / "airflow/triggerer.log").read_text(), "the demo started no triggerer"
+    # It ends by predicting two files of the generated corpus with the champion CNN, and says how to serve it.
+    songs = sorted(p.name for p in (root / "songs").iterdir())
+    assert len(songs) == 2 and "=== predict ===" in out
+    table = out.split("=== predict ===")[1]
+    assert all(name in table for name in songs), table[:3000]
+    assert "mlflow models serve -m models:/mood-spectrogram-small-cnn-audio@champion --env-manager local" in out
 
 
 def test_version_tasks_return_a_short_outcome(demo: tuple[Path, str]) -> None:

@@ -89,11 +89,25 @@ def check_card(card: dict[str, Any], where: str) -> None:
                               "train it again")  # fmt: skip
 
 
+def load_trained_model(ref: str, root: Path) -> TrainedModel:
+    """Any of: models:/NAME@ALIAS, models:/NAME/VERSION (the torch model or its audio model), runs:/RUN_ID/model,
+    or a models/<name> folder (absolute, or under `root`)."""
+    if ref.startswith("models:/"):
+        return load_registry_model(ref)
+    if ref.startswith("runs:/"):
+        return load_run_model(ref)
+    folder = Path(ref) if Path(ref).is_absolute() else root / ref
+    if folder.is_dir():
+        return load_dvc_model(folder)
+    raise EvaluationError(f"model {ref!r} is neither an MLflow model URI (models:/NAME@ALIAS, models:/NAME/VERSION, "
+                          f"runs:/RUN_ID/model) nor a folder holding {CARD} ({folder} does not exist)")  # fmt: skip
+
+
 def load_registry_model(uri: str) -> TrainedModel:
-    """models:/NAME@ALIAS or models:/NAME/VERSION; the card comes from the version's run."""
+    """models:/NAME@ALIAS or models:/NAME/VERSION; the card and the weights come from the version's run, so the
+    audio model registered beside a torch model (NAME-audio) loads as the same model."""
     from mlflow.exceptions import MlflowException
 
-    import mlflow
     from mlflow import MlflowClient
 
     name, version = parse_model_uri(uri)
@@ -111,18 +125,37 @@ def load_registry_model(uri: str) -> TrainedModel:
         what = f"version {version}" if version.isdigit() else f"alias {version!r}"
         raise EvaluationError(f"{uri}: registered model {name!r} has no {what} (aliases: {aliases}): "
                               f"{exc.message}") from None  # fmt: skip
+    card, model = run_model(found.run_id, f"{uri} (v{found.version})")
+    return TrainedModel(card, model, f"{uri} (v{found.version})", name, str(found.version))
+
+
+def load_run_model(uri: str) -> TrainedModel:
+    """runs:/RUN_ID/model: an unregistered (or any) training run's model and card."""
+    run_id, _, path = uri.removeprefix("runs:/").partition("/")
+    if not run_id or path.strip("/") != "model":
+        raise EvaluationError(f"model URI {uri!r} is not runs:/RUN_ID/model (the path training logs the model at)")
+    card, model = run_model(run_id, uri)
+    return TrainedModel(card, model, uri, card.get("registered_model"), card.get("version"))
+
+
+def run_model(run_id: str, where: str) -> tuple[dict[str, Any], Any]:
+    """The card and the torch (or scikit-learn) model a training run logged."""
+    from mlflow.exceptions import MlflowException
+
+    import mlflow
+
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = mlflow.artifacts.download_artifacts(run_id=found.run_id, artifact_path=CARD, dst_path=tmp)
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CARD, dst_path=tmp)
         except (MlflowException, OSError):
-            raise EvaluationError(f"{uri} (v{found.version}): its run {found.run_id} logged no {CARD} (a model "
-                                  "trained before evaluation existed): train it again") from None  # fmt: skip
+            raise EvaluationError(f"{where}: its run {run_id} logged no {CARD} (a model trained before evaluation "
+                                  "existed, or not a training run): train it again") from None  # fmt: skip
         card = json.loads(Path(path).read_text())
-    check_card(card, f"{uri} (v{found.version})")
-    model_uri = f"models:/{name}/{found.version}"
+    check_card(card, where)
+    model_uri = f"runs:/{run_id}/model"
     model = (mlflow.sklearn.load_model(model_uri) if card["arch"] == "logreg_stats"
              else mlflow.pytorch.load_model(model_uri, map_location="cpu"))  # fmt: skip
-    return TrainedModel(card, model, f"{uri} (v{found.version})", name, str(found.version))
+    return card, model
 
 
 def parse_model_uri(uri: str) -> tuple[str, str]:

@@ -160,7 +160,11 @@ def to_mono(pcm: np.ndarray) -> np.ndarray:
 
 def load_audio(blob: FlacBytes, sample_rate: int, checks: AudioChecks) -> np.ndarray:
     """FLAC blob -> checked mono float32 at `sample_rate` (soxr HQ, as librosa.load uses)."""
-    pcm, rate = decode_flac(blob)
+    return prepare_audio(*decode_flac(blob), sample_rate, checks)
+
+
+def prepare_audio(pcm: np.ndarray, rate: int, sample_rate: int, checks: AudioChecks) -> np.ndarray:
+    """float32 frames x channels at `rate` -> checked mono float32 at `sample_rate`."""
     check_levels(pcm, checks)
     mono = to_mono(pcm)
     if rate != sample_rate:

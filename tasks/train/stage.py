@@ -143,7 +143,8 @@ def train_model(job: Job) -> dict[str, Any]:
             log_figures(job, data, split, result)
             registry = previous.get("registry")
             if registry is None:
-                registry = log_model(job, data, result, metrics, split)
+                unregistered = model_card(job, data, split, result, metrics, UNREGISTERED, run.info.run_id)
+                registry = log_model(job, data, result, metrics, split, unregistered)
                 atomic_write_text(json.dumps({"stamp": stamp, "run_id": run.info.run_id, "registry": registry}),
                                   run_file)  # fmt: skip
             else:
@@ -283,10 +284,18 @@ def log_figures(job: Job, data: ClipData, split: Split, result: FitResult) -> No
         mlflow.log_artifacts(str(folder))
 
 
-def log_model(job: Job, data: ClipData, result: FitResult, metrics: dict[str, Any], split: Split) -> dict[str, Any]:
+UNREGISTERED = {"registered_model": None, "version": None, "champion_version": None, "decision": "not registered",
+                "audio_model": None, "audio_version": None}  # fmt: skip
+
+
+def log_model(job: Job, data: ClipData, result: FitResult, metrics: dict[str, Any], split: Split,
+              card: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Log the model and, beside a torch model, its audio model (tasks.predict.pyfunc); register both, and move
+    `champion` on the audio model with the torch model's."""
     from mlflow.models import infer_signature
 
     import mlflow
+    from tasks.predict.pyfunc import audio_model_name, log_audio_model
 
     name = tracking.registered_name(job.cfg.common.registry_prefix, job.study, job.entry.arch)
     register = name if job.cfg.common.register_models else None
@@ -306,10 +315,19 @@ def log_model(job: Job, data: ClipData, result: FitResult, metrics: dict[str, An
                                         signature=infer_signature(example, output), serialization_format="pickle",
                                         pip_requirements=tracking.PIP_REQUIREMENTS,
                                         registered_model_name=register)
+    run_id = mlflow.active_run().info.run_id
+    audio_version = None
+    if job.entry.arch != "logreg_stats":
+        audio_version = log_audio_model(card, run_id, job.root, register, tracking.PIP_REQUIREMENTS)
     if register is None:
-        return {"registered_model": None, "version": None, "champion_version": None, "decision": "not registered"}
-    return tracking.promote_if_better(name, str(info.registered_model_version), metrics["val_clip_accuracy"],
-                                      split.signature)  # fmt: skip
+        return UNREGISTERED
+    version = str(info.registered_model_version)
+    registry = tracking.promote_if_better(name, version, metrics["val_clip_accuracy"], split.signature)
+    if audio_version is not None:
+        tracking.pair_audio_model(name, version, audio_model_name(name), audio_version,
+                                  registry["champion_version"] == version)  # fmt: skip
+    return {**registry, "audio_model": audio_model_name(name) if audio_version else None,
+            "audio_version": audio_version}
 
 
 def model_card(job: Job, data: ClipData, split: Split, result: FitResult, metrics: dict[str, Any],
@@ -324,8 +342,11 @@ def model_card(job: Job, data: ClipData, split: Split, result: FitResult, metric
         "arch_config": job.arch.model_dump(mode="json"),
         "sequence_length": job.cfg.common.sequence_length,
         "vote_weighting": job.cfg.common.vote_weighting,
-        "features": {"dir": job.features_dir, "params_hash": data.metadata.get("params_hash"),
+        # The features stage's own params, as its dataset recorded them: prediction makes its inputs from these.
+        "features": {"dir": job.features_dir, "stage": data.metadata.get("stage"),
+                     "params_hash": data.metadata.get("params_hash"),
                      "code_version": data.metadata.get("code_version"), "frontend": data.metadata.get("frontend"),
+                     "params": data.metadata.get("params"), "weights": data.metadata.get("weights"),
                      "random_vggish_weights": metrics["random_vggish_weights"]},
         "weights": result.extra["weights"],
     }  # fmt: skip

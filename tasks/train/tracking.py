@@ -161,3 +161,15 @@ def promote_if_better(name: str, version: str, metric: float, split_signature: s
     holder = client.get_model_version_by_alias(name, CHAMPION).version
     log.info("registry: %s v%s: %s; champion is v%s", name, version, decision, holder)
     return {"registered_model": name, "version": str(version), "champion_version": str(holder), "decision": decision}
+
+
+def pair_audio_model(name: str, version: str, audio_name: str, audio_version: str, champion: bool) -> None:
+    """Link a torch version and the audio model logged beside it both ways; the audio model's `champion` is
+    the champion torch version's audio model."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    client.set_model_version_tag(name, version, "audio_model", f"{audio_name}/{audio_version}")
+    client.set_model_version_tag(audio_name, audio_version, "torch_model", f"{name}/{version}")
+    if champion:
+        client.set_registered_model_alias(audio_name, CHAMPION, audio_version)

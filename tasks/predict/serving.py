@@ -1,0 +1,34 @@
+"""The audio model MLflow serves: audio in (a path, or base64 bytes), the mood and class probabilities out.
+
+Logged as "models from code" (tasks.predict.pyfunc) beside each torch model, with the torch model, its card
+and, for VGGish models with published weights, the VGGish and PCA files as artifacts: the served model needs
+neither this workspace nor the tracking server.
+  mlflow models serve -m models:/mood-spectrogram-small-cnn-audio@champion --env-manager local -p 5001
+  curl -X POST localhost:5001/invocations -H 'Content-Type: application/json' \\
+       -d '{"dataframe_records": [{"audio_base64": "...", "filename": "song.mp3"}]}'
+A `path` is read on the serving host: serve only where every caller may read its files.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlflow.pyfunc import PythonModel
+
+import mlflow
+
+
+class AudioMoodModel(PythonModel):
+    def load_context(self, context: Any) -> None:
+        from tasks.predict.pyfunc import load_predictor
+
+        self.predictor = load_predictor(context.artifacts)
+
+    # No type hints here: MLflow would read them as the model's input schema, which the signature already is.
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        from tasks.predict.pyfunc import predict_frame
+
+        return predict_frame(self.predictor, model_input, params or {})
+
+
+mlflow.models.set_model(AudioMoodModel())
