@@ -25,7 +25,7 @@ class AudioMoodModel(PythonModel):
         self.predictor = load_predictor(context.artifacts)
 
     # No type hints here: MLflow would read them as the model's input schema, which the signature already is.
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+    def predict(self, context, model_input, params=None):
         from tasks.predict.pyfunc import predict_frame
 
         return predict_frame(self.predictor, model_input, params or {})
