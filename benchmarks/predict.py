@@ -43,7 +43,7 @@ from tasks.evaluate.model import build_model, load_dvc_model
 from tasks.features.dataset import code_version
 from tasks.features.slices import features_slices
 from tasks.features.stage import WORKERS, torch_threads
-from tasks.predict.inputs import Item, expand, load, loaders
+from tasks.predict.inputs import Item, Limits, expand, load, loaders
 from tasks.predict.predictor import BATCH_FILES, Prediction, Predictor
 from tasks.storage import Clip, params_hash
 
@@ -118,7 +118,7 @@ def timed(fn: Callable[[], object]) -> float:
 
 def predict_folder(predictor: Predictor, items: list[Item], cfg: PredictConfig, root: Path) -> list[Prediction]:
     """What tasks/predict/cli.py `run` does, less the progress bar: decode -> rows -> net -> vote."""
-    out = list(predictor.predict(loaders(items, int(cfg.max_file_mb * 1e6), cfg.url_timeout_s, root / cfg.raw_dir)))
+    out = list(predictor.predict(loaders(items, Limits.of(cfg), root / cfg.raw_dir)))
     failed = [p for p in out if p.error]
     if failed:
         raise SystemExit(f"prediction failed: {[(p.file, p.reason, p.error) for p in failed]}")
@@ -130,13 +130,13 @@ def predict_parts(predictor: Predictor, items: list[Item], cfg: PredictConfig, r
     for net + vote."""
     with torch_threads(1):
         start = time.perf_counter()
-        audio = [load(item, int(cfg.max_file_mb * 1e6), cfg.url_timeout_s, root / cfg.raw_dir) for item in items]
+        audio = [load(item, Limits.of(cfg), root / cfg.raw_dir) for item in items]
         decoded = time.perf_counter()
         rows = [predictor.recipe.rows(*a) for a in audio]
         featured = time.perf_counter()
         pending = [(item.name, r) for item, r in zip(items, rows, strict=True)]
         for at in range(0, len(pending), BATCH_FILES):
-            predictor.flush(pending[at : at + BATCH_FILES])
+            predictor.flush(pending[at : at + BATCH_FILES], predictor.rule, predictor.threshold)
         done = time.perf_counter()
     return {"decode": decoded - start, "features": featured - decoded, "model": done - featured}
 

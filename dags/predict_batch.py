@@ -15,14 +15,16 @@ from typing import Any
 from airflow.sdk import Param, dag, get_current_context, task
 from common import CATALOG, LOCAL_ARGS, ROOT, START, predictions_asset
 
+PREDICT = CATALOG.params.get("predict") or {}  # params.yaml's section: the form's defaults
 PARAMS = {
     "input": Param("", type="string", title="Input folder or raw dataset",
                    description="a folder of audio files (absolute, or relative to the workspace), or a raw clip "
                                "store: ravdess, cal500, audioset"),
-    "model": Param(CATALOG.params.get("predict", {}).get("model", ""), type="string", title="Model",
+    "model": Param(PREDICT.get("model", ""), type="string", title="Model",
                    description="models:/NAME@ALIAS (e.g. models:/mood-spectrogram-small-cnn@champion), "
                                "models:/NAME/VERSION, runs:/RUN_ID/model or models/<name>"),
-    "voting": Param("majority", type="string", enum=["majority", "soft", "threshold"], title="Voting rule",
+    "voting": Param(PREDICT.get("voting", "majority"), type="string", enum=["majority", "soft", "threshold"],
+                    title="Voting rule",
                     description="how slice predictions become a song's mood (threshold: predict.threshold)"),
 }  # fmt: skip
 
@@ -63,6 +65,8 @@ def collect(jobs: list[dict[str, Any]], results: Any) -> dict[str, Any]:
     from tasks.predict.batch import collect
 
     predict_config()
+    if not jobs:
+        raise RuntimeError("plan found nothing to predict, or failed (see its log)")
     summary = collect(Path(jobs[0]["folder"]))
     if summary["missing"]:
         raise RuntimeError(f"{summary['missing']} files are missing: a predict_chunk failed (see its log); the "

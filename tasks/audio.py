@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -95,24 +96,31 @@ def file_to_flac(path: Path) -> FlacBlob:
     return FlacBlob(data, info.samplerate, info.channels, info.frames)
 
 
-def read_pcm(path: Path) -> tuple[np.ndarray, int]:
+def read_pcm(path: Path, max_seconds: float = math.inf) -> tuple[np.ndarray, int]:
     """Any audio file as float32 samples (frames x channels) and its rate: the 16-bit samples file_to_flac would
-    store, scaled as decode_flac scales them, without the FLAC round trip (a third of the time for an mp3)."""
+    store, scaled as decode_flac scales them, without the FLAC round trip (a third of the time for an mp3).
+    More than `max_seconds` of audio is refused (`too_long`) before it is all in memory."""
     if path.stat().st_size == 0:
         raise AudioError("empty", f"{path.name} is an empty file")
     try:
-        if path.suffix.lower() == ".flac" and sf.info(path).subtype == "PCM_16":
-            # dr_flac, the stages' decoder, reads 16-bit FLAC in about half libsndfile's time, to the same samples.
-            try:
-                return decode_flac(path.read_bytes())
-            except AudioError as exc:
-                raise AudioError(exc.reason, f"{path.name}: {exc}") from None
         if path.suffix.lower() in SNDFILE_SUFFIXES:
+            info = sf.info(path)
+            check_length(path, info.frames, info.samplerate, max_seconds)
+            if info.format == "FLAC" and info.subtype == "PCM_16":
+                # dr_flac, the stages' decoder, reads 16-bit FLAC in about half libsndfile's time, to the same
+                # samples.
+                try:
+                    return decode_flac(path.read_bytes())
+                except AudioError as exc:
+                    raise AudioError(exc.reason, f"{path.name}: {exc}") from None
             pcm, rate = sf.read(path, dtype="int16", always_2d=True)
         else:
             with tempfile.TemporaryDirectory(prefix="pcm-") as tmp:
-                wav = _ffmpeg(path, Path(tmp) / "audio.wav", ["-c:a", "pcm_s16le"])
+                # Decoding stops a second past the limit, so an endless stream never fills the memory.
+                limit = [] if math.isinf(max_seconds) else ["-t", f"{max_seconds + 1:g}"]
+                wav = _ffmpeg(path, Path(tmp) / "audio.wav", [*limit, "-c:a", "pcm_s16le"])
                 pcm, rate = sf.read(io.BytesIO(wav), dtype="int16", always_2d=True)
+            check_length(path, len(pcm), rate, max_seconds, cut=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
         raise AudioError("decode", f"cannot decode {path.name}: {exc}") from exc
     if pcm.size == 0:
@@ -120,6 +128,14 @@ def read_pcm(path: Path) -> tuple[np.ndarray, int]:
     samples = pcm.astype(np.float32)
     samples *= 1.0 / 32768.0
     return samples, rate
+
+
+def check_length(path: Path, frames: int, rate: int, max_seconds: float, cut: bool = False) -> None:
+    """Refuse more than max_seconds of audio; `cut`: decoding stopped past the limit, so the length is unknown."""
+    if frames > max_seconds * rate:
+        length = "more than that" if cut else f"{frames / rate:.0f} s"
+        raise AudioError("too_long", f"{path.name}: {length} of audio is more than the limit "
+                                     f"({max_seconds:g} s, predict.max_seconds)")  # fmt: skip
 
 
 # A FLAC frame holds at most 65535 samples per channel in no fewer than ~10 bytes: a header

@@ -473,6 +473,7 @@ class PredictConfig(Section):
     # Shortest file predicted; null: one slice (spectrogram models) or one 0.96 s example (VGGish models).
     min_seconds: Annotated[float, Field(ge=0)] | None = None
     max_file_mb: Annotated[float, Field(gt=0)] = 200.0  # larger files (and URL downloads) are refused
+    max_seconds: Annotated[float, Field(gt=0)] = 1800.0  # longer audio is refused: ~40 MB a minute while decoded
     url_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     device: Device = "cpu"
     chunk_files: PositiveInt = 50  # batch DAG: files per mapped task

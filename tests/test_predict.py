@@ -192,7 +192,7 @@ def test_models_that_cannot_predict_say_what_is_missing(workspace: Path, tmp_pat
     cases = {
         "models:/no-such-model@champion": "no registered model 'no-such-model'",
         f"models:/{PREFIX}-spectrogram-small-cnn@gold": "has no alias 'gold'",
-        "runs:/0123456789abcdef/model": "0123456789abcdef",
+        "runs:/0123456789abcdef/model": "no run '0123456789abcdef'",
         str(tmp_path / "nowhere"): "neither an MLflow model URI",
     }
     old = tmp_path / "old_model"
@@ -233,7 +233,7 @@ def test_registered_audio_model_is_served_offline_and_agrees_with_the_cli(worksp
     expected = predictions(out)[str(clip)]
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_DISABLE_TELEMETRY": "true",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # fmt: skip
+           "MOOD_SERVE_ALLOW_PATHS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # fmt: skip
     log = (tmp_path / "serve.log").open("wb")
     server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
                                f"models:/{PREFIX}-spectrogram-small-cnn-audio@champion", "--env-manager", "local",

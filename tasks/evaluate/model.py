@@ -125,7 +125,9 @@ def load_registry_model(uri: str) -> TrainedModel:
         what = f"version {version}" if version.isdigit() else f"alias {version!r}"
         raise EvaluationError(f"{uri}: registered model {name!r} has no {what} (aliases: {aliases}): "
                               f"{exc.message}") from None  # fmt: skip
-    card, model = run_model(found.run_id, f"{uri} (v{found.version})")
+    # The audio model registered beside a torch version (NAME-audio) names it in its tag `torch_model`.
+    weights = f"models:/{found.tags.get('torch_model') or f'{name}/{found.version}'}"
+    card, model = run_model(found.run_id, f"{uri} (v{found.version})", weights)
     return TrainedModel(card, model, f"{uri} (v{found.version})", name, str(found.version))
 
 
@@ -134,12 +136,20 @@ def load_run_model(uri: str) -> TrainedModel:
     run_id, _, path = uri.removeprefix("runs:/").partition("/")
     if not run_id or path.strip("/") != "model":
         raise EvaluationError(f"model URI {uri!r} is not runs:/RUN_ID/model (the path training logs the model at)")
-    card, model = run_model(run_id, uri)
+    from mlflow.exceptions import MlflowException
+
+    from mlflow import MlflowClient
+
+    try:
+        MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise EvaluationError(f"{uri}: no run {run_id!r} on the tracking server") from None
+    card, model = run_model(run_id, uri, f"runs:/{run_id}/model")
     return TrainedModel(card, model, uri, card.get("registered_model"), card.get("version"))
 
 
-def run_model(run_id: str, where: str) -> tuple[dict[str, Any], Any]:
-    """The card and the torch (or scikit-learn) model a training run logged."""
+def run_model(run_id: str, where: str, model_uri: str) -> tuple[dict[str, Any], Any]:
+    """The card a training run logged, and its torch (or scikit-learn) model from `model_uri`."""
     from mlflow.exceptions import MlflowException
 
     import mlflow
@@ -152,7 +162,6 @@ def run_model(run_id: str, where: str) -> tuple[dict[str, Any], Any]:
                                   "existed, or not a training run): train it again") from None  # fmt: skip
         card = json.loads(Path(path).read_text())
     check_card(card, where)
-    model_uri = f"runs:/{run_id}/model"
     model = (mlflow.sklearn.load_model(model_uri) if card["arch"] == "logreg_stats"
              else mlflow.pytorch.load_model(model_uri, map_location="cpu"))  # fmt: skip
     return card, model

@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 
 from tasks.config import PredictConfig
 from tasks.errors import PipelineError
-from tasks.predict.inputs import RAW_PREFIX, Item, expand, loaders
+from tasks.predict.inputs import RAW_PREFIX, Item, Limits, expand, loaders
 from tasks.predict.predictor import Prediction
-from tasks.storage import atomic_write_table, write_json
+from tasks.storage import MANIFEST, atomic_write_table, write_json
 
 log = logging.getLogger("tasks")
 FILES = "files.json"
@@ -29,7 +29,12 @@ OUTPUT = "predictions.parquet"
 
 
 def run_folder(cfg: PredictConfig, root: Path, run_id: str) -> Path:
-    return root / cfg.out_dir / re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
+    """<out_dir>/<run id as a plain name>: dots never lead, so no run id (`..`) leaves out_dir."""
+    return root / cfg.out_dir / re.sub(r"[^A-Za-z0-9_.-]", "_", run_id).lstrip(".").rjust(1, "_")
+
+
+def part_path(folder: Path, chunk: int) -> Path:
+    return folder / f"part-{chunk:05d}.parquet"
 
 
 def resolve_model(cfg: PredictConfig, root: Path, ref: str) -> str:
@@ -57,7 +62,7 @@ def plan_batch(cfg: PredictConfig, root: Path, run_id: str, source: str, model: 
     if not source:
         raise PipelineError("predict_batch: set `input`: a folder of audio files or a raw clip store's dataset")
     raw_dir = root / cfg.raw_dir
-    if not source.startswith(RAW_PREFIX) and (raw_dir / source / "manifest.parquet").exists():
+    if not source.startswith(RAW_PREFIX) and (raw_dir / source / MANIFEST).exists():
         source = f"{RAW_PREFIX}{source}"
     elif not source.startswith(RAW_PREFIX) and not Path(source).is_absolute():
         source = str(root / source)
@@ -65,8 +70,11 @@ def plan_batch(cfg: PredictConfig, root: Path, run_id: str, source: str, model: 
     ref = resolve_model(cfg, root, model or cfg.model)
     folder = run_folder(cfg, root, run_id)
     folder.mkdir(parents=True, exist_ok=True)
-    write_json({"source": source, "model": ref, "voting": voting, "files": [i.name for i in items]}, folder / FILES)
+    for stale in [*folder.glob("part-*.parquet"), folder / OUTPUT]:  # a cleared run planned again starts afresh
+        stale.unlink(missing_ok=True)
     n = -(-len(items) // cfg.chunk_files)
+    write_json({"source": source, "model": ref, "voting": voting, "chunks": n, "files": [i.name for i in items]},
+               folder / FILES)  # fmt: skip
     log.info("predict_batch: %d files from %s in %d chunks of up to %d, model %s, %s vote", len(items), source, n,
              cfg.chunk_files, ref, voting)  # fmt: skip
     return [{"folder": str(folder), "chunk": k} for k in range(n)]
@@ -79,12 +87,11 @@ def predict_chunk(cfg: PredictConfig, root: Path, folder: Path, chunk: int) -> d
     plan = json.loads((folder / FILES).read_text())
     names = plan["files"][chunk * cfg.chunk_files : (chunk + 1) * cfg.chunk_files]
     predictor = make_predictor(cfg.model_copy(update={"model": plan["model"], "voting": plan["voting"]}), root)
-    predictions = list(predictor.predict(loaders([Item(n) for n in names], int(cfg.max_file_mb * 1e6),
-                                                 cfg.url_timeout_s, root / cfg.raw_dir)))  # fmt: skip
+    predictions = list(predictor.predict(loaders([Item(n) for n in names], Limits.of(cfg), root / cfg.raw_dir)))
     model = predictor.model
     table = predictions_table(predictions, predictor.classes, model.registered_model or model.source, model.version,
                               predictor.rule)  # fmt: skip
-    atomic_write_table(table, folder / f"part-{chunk:05d}.parquet")
+    atomic_write_table(table, part_path(folder, chunk))
     failed = [p for p in predictions if p.error]
     for p in failed:
         log.warning("predict_batch: %s (%s)", p.error, p.reason)
@@ -116,7 +123,7 @@ def predictions_table(predictions: list[Prediction], classes: list[str], model: 
 def collect(folder: Path) -> dict[str, Any]:
     """The parts as one predictions.parquet, and the run's summary (moods, failures by reason)."""
     plan = json.loads((folder / FILES).read_text())
-    parts = sorted(folder.glob("part-*.parquet"))
+    parts = [part_path(folder, k) for k in range(plan["chunks"]) if part_path(folder, k).exists()]
     table = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else None
     if table is None or table.num_rows == 0:
         raise PipelineError(f"predict_batch: no chunk wrote predictions in {folder}")

@@ -16,10 +16,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tasks.audio import AudioError
 from tasks.config import DEFAULT_PARAMS, ConfigError, PredictConfig, load_params, section_config
 from tasks.errors import PipelineError
-from tasks.predict.inputs import Item, expand, loaders
+from tasks.predict.inputs import Item, Limits, expand, loaders
 from tasks.predict.predictor import Prediction, Predictor
 from tasks.progress import Progress
 
@@ -44,11 +43,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def predict_config(args: argparse.Namespace) -> PredictConfig:
+    """params.yaml's predict section, with -S overrides and the options given, validated as one."""
     params = load_params(args.params or args.root / DEFAULT_PARAMS, args.overrides)
-    cfg = section_config(params, "predict")
-    updates = {k: v for k, v in (("model", args.model), ("voting", args.voting), ("threshold", args.threshold),
+    options = {k: v for k, v in (("model", args.model), ("voting", args.voting), ("threshold", args.threshold),
                                  ("device", args.device)) if v is not None}  # fmt: skip
-    return PredictConfig.model_validate({**cfg.model_dump(), **updates})  # type: ignore[union-attr]
+    params["predict"] = {**(params.get("predict") or {}), **options}
+    return section_config(params, "predict")  # type: ignore[return-value]
 
 
 def make_predictor(cfg: PredictConfig, root: Path) -> Predictor:
@@ -66,8 +66,7 @@ def run(predictor: Predictor, items: list[Item], cfg: PredictConfig, root: Path)
     """Every item's prediction, in order, with a progress bar (a log line per 10 s off a terminal)."""
     progress = Progress(len(items), "predict", "file")
     out = []
-    for prediction in predictor.predict(loaders(items, int(cfg.max_file_mb * 1e6), cfg.url_timeout_s,
-                                                root / cfg.raw_dir)):  # fmt: skip
+    for prediction in predictor.predict(loaders(items, Limits.of(cfg), root / cfg.raw_dir)):
         out.append(prediction)
         progress.update()
     progress.close()
@@ -115,16 +114,12 @@ def main(argv: list[str]) -> int:
         cfg = predict_config(args)
         items = expand(args.paths, root / cfg.raw_dir)
         predictor = make_predictor(cfg, root)
+        print(f"model: {predictor.describe()}", file=sys.stderr)
+        predictions = run(predictor, items, cfg, root)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except PipelineError as exc:
-        print(f"error: predict: {exc}", file=sys.stderr)
-        return 1
-    print(f"model: {predictor.describe()}", file=sys.stderr)
-    try:
-        predictions = run(predictor, items, cfg, root)
-    except AudioError as exc:  # only from a model that cannot take the audio at all
         print(f"error: predict: {exc}", file=sys.stderr)
         return 1
     failed = [p for p in predictions if p.error]

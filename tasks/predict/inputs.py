@@ -3,6 +3,7 @@ the 16-bit samples the acquire stages would store (tasks.audio.read_pcm), or a c
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -13,9 +14,10 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import requests
 
-from tasks.audio import AudioError, FlacBytes, decode_flac, read_pcm
+from tasks.audio import AudioError, decode_flac, read_pcm
+from tasks.config import PredictConfig
 from tasks.errors import PipelineError
-from tasks.fetch import redact
+from tasks.fetch import redact, redact_text
 from tasks.storage import MANIFEST, read_store
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".aac", ".aiff", ".aif", ".webm"}
@@ -77,45 +79,65 @@ def raw_items(text: str, raw_dir: Path | None) -> list[Item]:
     return [Item(f"{RAW_PREFIX}{dataset}/{i}") for i in ids]
 
 
-def load(item: Item, max_bytes: int, timeout_s: float, raw_dir: Path | None) -> Audio:
+@dataclass(frozen=True)
+class Limits:
+    """What one input may cost: bytes on disk (or downloaded), seconds of audio (memory: ~40 MB a minute of
+    44.1 kHz stereo while it is decoded), and the download's read timeout."""
+
+    max_bytes: int
+    max_seconds: float
+    timeout_s: float
+
+    @classmethod
+    def of(cls, cfg: PredictConfig) -> Limits:
+        return cls(int(cfg.max_file_mb * 1e6), cfg.max_seconds, cfg.url_timeout_s)
+
+
+def load(item: Item, limits: Limits, raw_dir: Path | None) -> Audio:
     """The item's samples at its own rate and channels; AudioError names what is wrong with it."""
     if item.is_raw:
-        return decode_flac(raw_blob(item, raw_dir))
+        return raw_audio(item, raw_dir, limits)
     if item.is_url:
         with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
-            return read_pcm(download(item.name, Path(tmp), max_bytes, timeout_s))
+            return read_pcm(download(item.name, Path(tmp), limits), limits.max_seconds)
     path = Path(item.name)
     if not path.is_file():
         raise AudioError("missing", f"{item.name} is not a file")
+    check_size(path, limits)
+    return read_pcm(path, limits.max_seconds)
+
+
+def check_size(path: Path, limits: Limits) -> None:
     size = path.stat().st_size
-    if size > max_bytes:
+    if size > limits.max_bytes:
         raise AudioError("too_large", f"{size / 1e6:.1f} MB is more than predict.max_file_mb "
-                                      f"({max_bytes / 1e6:g} MB)")  # fmt: skip
-    return read_pcm(path)
+                                      f"({limits.max_bytes / 1e6:g} MB)")  # fmt: skip
 
 
-def download(url: str, folder: Path, max_bytes: int, timeout_s: float) -> Path:
+def download(url: str, folder: Path, limits: Limits) -> Path:
     """The URL's body in `folder`, refused past max_bytes whatever Content-Length claims. The local name keeps
     only the URL's suffix, so a hostile name (../../etc) never becomes a path."""
     suffix = Path(unquote(urlparse(url).path)).suffix.lower()
     target = folder / f"download{suffix if suffix in AUDIO_SUFFIXES else ''}"
     try:
-        with requests.get(url, stream=True, timeout=timeout_s) as response:
+        with requests.get(url, stream=True, timeout=limits.timeout_s) as response:
             response.raise_for_status()
             got = 0
             with target.open("wb") as out:
                 for chunk in response.iter_content(1 << 16):
                     got += len(chunk)
-                    if got > max_bytes:
+                    if got > limits.max_bytes:
                         raise AudioError("too_large", f"{redact(url)}: more than predict.max_file_mb "
-                                                      f"({max_bytes / 1e6:g} MB)")  # fmt: skip
+                                                      f"({limits.max_bytes / 1e6:g} MB)")  # fmt: skip
                     out.write(chunk)
     except requests.RequestException as exc:
-        raise AudioError("download", f"{redact(url)}: {exc.__class__.__name__}: {str(exc)[:200]}") from None
+        raise AudioError("download", f"{redact(url)}: {exc.__class__.__name__}: "
+                                     f"{redact_text(str(exc))[:200]}") from None  # fmt: skip
     return target
 
 
-def raw_blob(item: Item, raw_dir: Path | None) -> FlacBytes:
+def raw_audio(item: Item, raw_dir: Path | None, limits: Limits) -> Audio:
+    """A raw store's clip, checked against the manifest's sha256 as the features stages check it."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -129,11 +151,18 @@ def raw_blob(item: Item, raw_dir: Path | None) -> FlacBytes:
             raise AudioError("missing", f"{item.name}: the {dataset} store holds no such clip")
         shard = pq.read_table(store.shard_file(found.column("shard")[0].as_py()), columns=["id", "audio"],
                               filters=[("id", "=", clip)])  # fmt: skip
-        return shard.column("audio")[0].as_py()
+        blob = shard.column("audio")[0].as_py()
+    if hashlib.sha256(blob).hexdigest() != found.column("sha256")[0].as_py():
+        raise AudioError("checksum", f"{item.name}: audio bytes do not match the manifest's sha256")
+    pcm, rate = decode_flac(blob)
+    if len(pcm) > limits.max_seconds * rate:
+        raise AudioError("too_long", f"{item.name}: {len(pcm) / rate:.0f} s is more than predict.max_seconds "
+                                     f"({limits.max_seconds:g} s)")  # fmt: skip
+    return pcm, rate
 
 
-def loaders(items: list[Item], max_bytes: int, timeout_s: float,
-            raw_dir: Path | None) -> Iterator[tuple[str, Callable[[], Audio]]]:  # fmt: skip
-    """Each item's name with what loads it (Predictor.predict runs them on its worker threads)."""
+def loaders(items: list[Item], limits: Limits, raw_dir: Path | None) -> Iterator[tuple[str, Callable[[], Audio]]]:
+    """Each item's name (a URL without its secrets) with what loads it (Predictor.predict runs them on its worker
+    threads)."""
     for item in items:
-        yield item.name, partial(load, item, max_bytes, timeout_s, raw_dir)
+        yield redact(item.name) if item.is_url else item.name, partial(load, item, limits, raw_dir)

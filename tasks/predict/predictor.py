@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from tasks.audio import AudioError
+from tasks.errors import PipelineError
 from tasks.evaluate import voting
 from tasks.evaluate.model import TrainedModel, predict
 from tasks.features.stage import WORKERS, resolve_device, torch_threads
+from tasks.fetch import redact_text
 from tasks.predict.inputs import Audio
 from tasks.predict.recipe import Recipe, Rows, clip_data, recipe_for
 
@@ -85,36 +88,45 @@ class Predictor:
         return (f"{self.model.source}{version}: {self.model.arch} on {self.model.card['dataset']}, "
                 f"classes {self.classes}; {self.recipe.describe()}; {self.rule} vote{random}")  # fmt: skip
 
-    def predict(self, sources: Iterable[tuple[str, Callable[[], Audio]]]) -> Iterator[Prediction]:
-        """One Prediction per (name, loader), in order. Files are decoded and featurized on WORKERS threads with
-        one torch thread each, as the features stage does (decoding, resampling and the STFT release the GIL);
-        the rows of BATCH_FILES files go through the model at once."""
+    def predict(self, sources: Iterable[tuple[str, Callable[[], Audio]]], rule: str | None = None,
+                threshold: float | None = None) -> Iterator[Prediction]:  # fmt: skip
+        """One Prediction per (name, loader), in order, by the predictor's vote or the `rule` given. Files are
+        decoded and featurized on WORKERS threads with one torch thread each, as the features stage does
+        (decoding, resampling and the STFT release the GIL); the rows of BATCH_FILES files go through the model
+        at once."""
+        vote = (rule or self.rule, self.threshold if threshold is None else threshold)
+        if vote[0] not in voting.RULES:
+            raise ValueError(f"unknown voting rule {vote[0]!r}; rules: {', '.join(voting.RULES)}")
         pending: list[tuple[str, Rows]] = []
         with torch_threads(1), ThreadPoolExecutor(WORKERS) as pool:
             for name, rows in in_order(pool, self.rows_of, sources, 2 * WORKERS):
                 if isinstance(rows, AudioError):
-                    yield from self.flush(pending)  # keeps the output in input order
+                    yield from self.flush(pending, *vote)  # keeps the output in input order
                     pending = []
                     yield self.failure(name, rows)
                     continue
                 pending.append((name, rows))
                 if len(pending) >= BATCH_FILES:
-                    yield from self.flush(pending)
+                    yield from self.flush(pending, *vote)
                     pending = []
-            yield from self.flush(pending)
+            yield from self.flush(pending, *vote)
 
     def rows_of(self, load: Callable[[], Audio]) -> Rows | AudioError:
         try:
             return self.recipe.rows(*load())
         except AudioError as exc:
             return exc
+        except (PipelineError, OSError, ValueError, MemoryError, pa.ArrowException) as exc:
+            # A store being rewritten, a disk or resampler error: this file fails, the batch goes on.
+            log.exception("predict: unexpected error")
+            return AudioError("error", f"{exc.__class__.__name__}: {redact_text(str(exc))[:300]}")
 
     def failure(self, name: str, exc: AudioError) -> Prediction:
-        message = str(exc) if name in str(exc) else f"{name}: {exc}"
+        message = f"{name}: {exc}"
         log.warning("predict: %s (%s)", message, exc.reason)
         return Prediction(name, None, 0.0, {}, 0.0, error=message, reason=exc.reason)
 
-    def flush(self, pending: list[tuple[str, Rows]]) -> list[Prediction]:
+    def flush(self, pending: list[tuple[str, Rows]], rule: str, threshold: float) -> list[Prediction]:
         if not pending:
             return []
         rows = [r for _, r in pending]
@@ -125,7 +137,7 @@ class Predictor:
         weights = (np.maximum(data.real_share, 1e-3) if per_row and self.weighting == "real_share"
                    else np.ones(len(prob)))  # fmt: skip
         tally = voting.tally(prob, row_clip, weights, len(rows))
-        decided = voting.decide(tally, self.rule, self.threshold)
+        decided = voting.decide(tally, rule, threshold)
         shares = voting.vote_share(tally)
         mean = tally.prob_sum / np.maximum(tally.rows, 1)[:, None]
         rate = self.recipe.sample_rate

@@ -14,6 +14,7 @@ import base64
 import binascii
 import json
 import logging
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -22,18 +23,27 @@ from typing import Any
 import numpy as np
 
 from tasks.audio import AudioError, encode_flac, read_pcm
+from tasks.config import PredictConfig
 from tasks.evaluate import voting
 from tasks.evaluate.model import CARD, TrainedModel
-from tasks.predict.inputs import Audio
+from tasks.predict.inputs import AUDIO_SUFFIXES, Audio, Limits, check_size
 from tasks.predict.predictor import Predictor
+from tasks.train import tracking
 
 log = logging.getLogger("tasks")
 SERVING = Path(__file__).with_name("serving.py")
 PACKAGE = Path(__file__).resolve().parents[1]
 AUDIO_SUFFIX = "-audio"
 ARTIFACT = "audio_model"
-# A payload (or a path's file) larger than this is refused before it is decoded: the serving host's memory.
-MAX_PAYLOAD_BYTES = 200_000_000
+# What serving needs beside torch (tracking.PIP_REQUIREMENTS), at requirements.txt's pins (a test keeps them
+# equal); ffmpeg must be on the serving host's PATH.
+REQUIREMENTS = [*tracking.PIP_REQUIREMENTS, "mlflow==3.17.2", "pyarrow==25.0.1", "pandas==3.1.1", "librosa==0.11.0",
+                "soxr==1.1.0", "soundfile==0.14.0", "miniaudio==1.71", "pydantic==2.14.3", "PyYAML==6.0.3",
+                "requests==2.34.2"]  # fmt: skip
+# What one input may cost: predict's defaults (max_file_mb, max_seconds).
+LIMITS = Limits.of(PredictConfig())
+# `path` inputs read files on the serving host: only where this is set.
+ALLOW_PATHS = "MOOD_SERVE_ALLOW_PATHS"
 
 
 def audio_model_name(registered: str) -> str:
@@ -66,10 +76,9 @@ def example_input(seconds: float) -> Any:
     return pd.DataFrame({"audio_base64": [base64.b64encode(flac).decode()], "filename": ["example.flac"]})
 
 
-def log_audio_model(card: dict[str, Any], run_id: str, root: Path, registered: str | None,
-                    pip_requirements: list[str]) -> str | None:  # fmt: skip
-    """Log the audio model in the training run (artifact `audio_model`) and register it as NAME-audio; the
-    version, or None when the torch model is not registered."""
+def log_audio_model(card: dict[str, Any], run_id: str, root: Path) -> Any:
+    """Log the audio model in the training run (artifact `audio_model`); its ModelInfo (training registers it as
+    NAME-audio)."""
     import mlflow
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,11 +87,9 @@ def log_audio_model(card: dict[str, Any], run_id: str, root: Path, registered: s
         artifacts = {"card": str(card_file), "model": f"runs:/{run_id}/model", **vggish_files(card, root)}
         params = card["features"]["params"]
         seconds = params.get("slice_seconds", 1.0) + 0.5
-        info = mlflow.pyfunc.log_model(name=ARTIFACT, python_model=str(SERVING), artifacts=artifacts,
+        return mlflow.pyfunc.log_model(name=ARTIFACT, python_model=str(SERVING), artifacts=artifacts,
                                        code_paths=[str(PACKAGE)], signature=signature(card["classes"]),
-                                       input_example=example_input(seconds), pip_requirements=pip_requirements,
-                                       registered_model_name=registered and audio_model_name(registered))  # fmt: skip
-    return str(info.registered_model_version) if registered else None
+                                       input_example=example_input(seconds), pip_requirements=REQUIREMENTS)  # fmt: skip
 
 
 def vggish_files(card: dict[str, Any], root: Path) -> dict[str, str]:
@@ -121,13 +128,16 @@ def predict_frame(predictor: Predictor, frame: Any, params: dict[str, Any]) -> A
     """The served predict: one output row per input row, errors as rows."""
     import pandas as pd
 
-    rule = str(params.get("voting", "majority"))
+    rule = str(params.get("voting", predictor.rule))
     if rule not in voting.RULES:
         raise ValueError(f"params.voting {rule!r} is not one of {list(voting.RULES)}")
-    predictor.rule, predictor.threshold = rule, float(params.get("threshold", predictor.threshold))
+    threshold = float(params.get("threshold", predictor.threshold))
+    if not 0 < threshold <= 1:
+        raise ValueError(f"params.threshold {threshold} is not in (0, 1]")
     records = frame.to_dict("records") if isinstance(frame, pd.DataFrame) else list(frame)
     with tempfile.TemporaryDirectory(prefix="serve-") as tmp:
-        predictions = list(predictor.predict(source_of(r, n, Path(tmp)) for n, r in enumerate(records)))
+        sources = (source_of(r, n, Path(tmp)) for n, r in enumerate(records))
+        predictions = list(predictor.predict(sources, rule, threshold))
     rows = []
     for p in predictions:
         # Strings are never null: MLflow's JSON turns a None in a string column into NaN.
@@ -137,30 +147,41 @@ def predict_frame(predictor: Predictor, frame: Any, params: dict[str, Any]) -> A
     return pd.DataFrame(rows)
 
 
+def text(value: Any) -> str:
+    """A cell as a string: pandas fills a column a row lacks with NaN."""
+    return value if isinstance(value, str) else ""
+
+
 def source_of(record: dict[str, Any], n: int, tmp: Path) -> tuple[str, Callable[[], Audio]]:
     """(name, loader) of one input row; the loader raises AudioError naming what is wrong with it."""
-    path, payload = record.get("path"), record.get("audio_base64")
-    name = str(record.get("filename") or path or f"row {n}")
+    path, payload = text(record.get("path")), text(record.get("audio_base64"))
+    name = text(record.get("filename")) or path or f"row {n}"
 
     def load() -> Audio:
-        if isinstance(payload, str) and payload:
-            if len(payload) > MAX_PAYLOAD_BYTES * 4 // 3:
-                raise AudioError("too_large", f"{name}: audio_base64 is larger than {MAX_PAYLOAD_BYTES / 1e6:g} MB")
+        if payload:
+            if len(payload) > LIMITS.max_bytes * 4 // 3 + 4:
+                raise AudioError("too_large", f"audio_base64 is larger than {LIMITS.max_bytes / 1e6:g} MB")
             try:
                 data = base64.b64decode(payload, validate=True)
             except (binascii.Error, ValueError) as exc:
-                raise AudioError("decode", f"{name}: audio_base64 is not base64 ({exc})") from None
-            # Only the suffix of a caller's file name is used: it never becomes a path.
+                raise AudioError("decode", f"audio_base64 is not base64 ({exc})") from None
+            # Only a known audio suffix of the caller's file name is kept: the name never becomes a path, and no
+            # playlist suffix (.m3u8) steers ffmpeg.
             suffix = Path(name).suffix.lower()
-            file = tmp / f"input-{n}{suffix if suffix.isascii() and len(suffix) <= 6 else ''}"
+            file = tmp / f"input-{n}{suffix if suffix in AUDIO_SUFFIXES else ''}"
             file.write_bytes(data)
-            return read_pcm(file)
-        if isinstance(path, str) and path:
+            try:
+                return read_pcm(file, LIMITS.max_seconds)
+            finally:
+                file.unlink()
+        if path:
+            if not os.environ.get(ALLOW_PATHS):
+                raise AudioError("no_input", f"`path` inputs are off: set {ALLOW_PATHS}=1 where the server may read "
+                                             "every file its callers name, or send audio_base64")  # fmt: skip
             if not Path(path).is_file():
-                raise AudioError("missing", f"{path}: no such file on the serving host")
-            if Path(path).stat().st_size > MAX_PAYLOAD_BYTES:
-                raise AudioError("too_large", f"{path}: larger than {MAX_PAYLOAD_BYTES / 1e6:g} MB")
-            return read_pcm(Path(path))
-        raise AudioError("no_input", f"{name}: neither audio_base64 nor path is set")
+                raise AudioError("missing", "no such file on the serving host")
+            check_size(Path(path), LIMITS)
+            return read_pcm(Path(path), LIMITS.max_seconds)
+        raise AudioError("no_input", "neither audio_base64 nor path is set")
 
     return name, load

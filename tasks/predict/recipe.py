@@ -24,7 +24,7 @@ from tasks.features.slices import slice_clip
 from tasks.features.vggish import EMBEDDING_SIZE, EXAMPLE_FRAMES, Postprocessor, VGGish, embed, examples, load_model
 from tasks.train.data import ClipData, dequantize
 
-STAGES = {"features_slices": "slices", "features_vggish": "vggish"}
+STAGES = ("features_slices", "features_vggish")
 
 
 class RecipeError(PipelineError):
@@ -155,7 +155,20 @@ def recipe_for(card: dict[str, Any], where: str, root: Path, min_seconds: float 
     except ValidationError as exc:
         raise RecipeError(f"{where}: features.params are not valid {stage} settings: "
                           f"{exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None  # fmt: skip
-    return WindowRecipe(cfg, root, int(card["sequence_length"]), min_seconds, device)
+    recipe = WindowRecipe(cfg, root, int(card["sequence_length"]), min_seconds, device)
+    check_weights(recipe.weights, features.get("weights") or {}, where)
+    return recipe
+
+
+def check_weights(loaded: dict[str, Any], recorded: dict[str, Any], where: str) -> None:
+    """The VGGish and PCA files fetched now must be those the model's embeddings came from: a mirror or a local
+    path whose contents changed would give other embeddings without a word."""
+    for key in ("vggish", "pca"):
+        want, got = (recorded.get(key) or {}).get("sha256"), (loaded.get(key) or {}).get("sha256")
+        if want and want != got:
+            raise RecipeError(f"{where}: its embeddings came from the {key} file with sha256 {want[:16]}..., but "
+                              f"{loaded[key].get('url', 'the seeded random weights')} is "
+                              f"{(got or 'random')[:16]}...: fetch the file the model learned from")  # fmt: skip
 
 
 def clip_data(rows: list[Rows], recipe: Recipe, classes: list[str], metadata: dict[str, Any]) -> ClipData:

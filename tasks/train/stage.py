@@ -126,7 +126,8 @@ def train_model(job: Job) -> dict[str, Any]:
         with mlflow.start_run(run_id=run_id, run_name=None if run_id else job.name,
                               experiment_id=experiment, log_system_metrics=True,
                               description=None if run_id else description) as run:  # fmt: skip
-            atomic_write_text(json.dumps({"stamp": stamp, "run_id": run.info.run_id}), run_file)
+            # Keep what a failed attempt recorded past training (its registration): a retry must not register twice.
+            atomic_write_text(json.dumps({**previous, "stamp": stamp, "run_id": run.info.run_id}), run_file)
             if run_id is None:
                 log_run_inputs(job, data, split, device)
             else:
@@ -290,21 +291,20 @@ UNREGISTERED = {"registered_model": None, "version": None, "champion_version": N
 
 def log_model(job: Job, data: ClipData, result: FitResult, metrics: dict[str, Any], split: Split,
               card: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    """Log the model and, beside a torch model, its audio model (tasks.predict.pyfunc); register both, and move
-    `champion` on the audio model with the torch model's."""
+    """Log the model and, beside a torch model, its audio model (tasks.predict.pyfunc); then register both, move
+    `champion` only to a better torch model, and point the audio model's `champion` at the champion's audio model.
+    Both are logged before either is registered, so a failure while logging leaves no version behind."""
     from mlflow.models import infer_signature
 
     import mlflow
     from tasks.predict.pyfunc import audio_model_name, log_audio_model
 
-    name = tracking.registered_name(job.cfg.common.registry_prefix, job.study, job.entry.arch)
-    register = name if job.cfg.common.register_models else None
     if job.entry.arch == "logreg_stats":
         example = result.extra["example"].astype(np.float32)
         info = mlflow.sklearn.log_model(result.model, name="model", input_example=example,
                                         signature=infer_signature(example, result.model.predict_proba(example)),
-                                        pip_requirements=tracking.PIP_REQUIREMENTS,
-                                        registered_model_name=register)
+                                        pip_requirements=tracking.PIP_REQUIREMENTS)  # fmt: skip
+        audio = None
     else:
         model = result.model.cpu().eval()
         example = data.inputs[:2].float().numpy()
@@ -313,21 +313,17 @@ def log_model(job: Job, data: ClipData, result: FitResult, metrics: dict[str, An
         # Pickled (not torch.export) so the registered model is this class, GoogLeNet and LSTMs included.
         info = mlflow.pytorch.log_model(model, name="model", input_example=example, code_paths=[str(PACKAGE)],
                                         signature=infer_signature(example, output), serialization_format="pickle",
-                                        pip_requirements=tracking.PIP_REQUIREMENTS,
-                                        registered_model_name=register)
-    run_id = mlflow.active_run().info.run_id
-    audio_version = None
-    if job.entry.arch != "logreg_stats":
-        audio_version = log_audio_model(card, run_id, job.root, register, tracking.PIP_REQUIREMENTS)
-    if register is None:
+                                        pip_requirements=tracking.PIP_REQUIREMENTS)  # fmt: skip
+        audio = log_audio_model(card, mlflow.active_run().info.run_id, job.root)
+    if not job.cfg.common.register_models:
         return UNREGISTERED
-    version = str(info.registered_model_version)
+    name = tracking.registered_name(job.cfg.common.registry_prefix, job.study, job.entry.arch)
+    version = str(mlflow.register_model(info.model_uri, name).version)
+    audio_version = str(mlflow.register_model(audio.model_uri, audio_model_name(name)).version) if audio else None
     registry = tracking.promote_if_better(name, version, metrics["val_clip_accuracy"], split.signature)
     if audio_version is not None:
-        tracking.pair_audio_model(name, version, audio_model_name(name), audio_version,
-                                  registry["champion_version"] == version)  # fmt: skip
-    return {**registry, "audio_model": audio_model_name(name) if audio_version else None,
-            "audio_version": audio_version}
+        tracking.pair_audio_model(name, version, audio_model_name(name), audio_version)
+    return {**registry, "audio_model": audio_model_name(name) if audio else None, "audio_version": audio_version}
 
 
 def model_card(job: Job, data: ClipData, split: Split, result: FitResult, metrics: dict[str, Any],

@@ -163,13 +163,19 @@ def promote_if_better(name: str, version: str, metric: float, split_signature: s
     return {"registered_model": name, "version": str(version), "champion_version": str(holder), "decision": decision}
 
 
-def pair_audio_model(name: str, version: str, audio_name: str, audio_version: str, champion: bool) -> None:
-    """Link a torch version and the audio model logged beside it both ways; the audio model's `champion` is
-    the champion torch version's audio model."""
+def pair_audio_model(name: str, version: str, audio_name: str, audio_version: str) -> None:
+    """Link a torch version and the audio model logged beside it both ways, then point the audio model's
+    `champion` at the audio model of whichever torch version holds `champion` now (read now, not when this run
+    was compared: another training of the same name may have moved it meanwhile)."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
     client.set_model_version_tag(name, version, "audio_model", f"{audio_name}/{audio_version}")
     client.set_model_version_tag(audio_name, audio_version, "torch_model", f"{name}/{version}")
-    if champion:
-        client.set_registered_model_alias(audio_name, CHAMPION, audio_version)
+    paired = client.get_model_version_by_alias(name, CHAMPION).tags.get("audio_model", "")
+    champion_name, _, champion_audio = paired.rpartition("/")
+    if champion_name == audio_name and champion_audio:
+        client.set_registered_model_alias(audio_name, CHAMPION, champion_audio)
+    else:
+        log.warning("registry: %s@%s has no audio model (trained before prediction existed); %s@%s is unset until "
+                    "a version with one takes the alias", name, CHAMPION, audio_name, CHAMPION)  # fmt: skip
