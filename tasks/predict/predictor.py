@@ -35,7 +35,7 @@ BATCH_FILES = 8
 class Prediction:
     file: str
     mood: str | None  # None: an error, or threshold voting abstained
-    vote_share: float  # the share of the weighted votes the majority label won
+    vote_share: float  # the share of the weighted slice votes the mood won (abstaining: the majority label's)
     probabilities: dict[str, float]  # mean over the rows
     seconds: float
     slices: list[dict[str, Any]] = field(default_factory=list)  # start_s, end_s, real_share, one key per class
@@ -138,7 +138,12 @@ class Predictor:
                    else np.ones(len(prob)))  # fmt: skip
         tally = voting.tally(prob, row_clip, weights, len(rows))
         decided = voting.decide(tally, rule, threshold)
-        shares = voting.vote_share(tally)
+        # The share of the weighted slice votes the mood won (a soft vote's mood may not be the majority label);
+        # where the threshold vote abstains, the majority label's share, which fell short.
+        total = tally.votes.sum(1)
+        won = np.divide(tally.votes[np.arange(len(rows)), np.maximum(decided, 0)], total, out=np.zeros_like(total),
+                        where=total > 0)  # fmt: skip
+        shares = np.where(decided == voting.ABSTAIN, voting.vote_share(tally), won)
         mean = tally.prob_sum / np.maximum(tally.rows, 1)[:, None]
         rate = self.recipe.sample_rate
         out = []

@@ -117,8 +117,7 @@ def load_predictor(artifacts: dict[str, str]) -> Predictor:
     for key, param in (("vggish_weights", "weights"), ("vggish_pca", "pca_params")):
         if key in artifacts:
             params[param] = {**params[param], "url": artifacts[key]}  # a plain path: fetch uses it in place
-    model = (mlflow.sklearn.load_model(artifacts["model"]) if card["arch"] == "logreg_stats"
-             else mlflow.pytorch.load_model(artifacts["model"], map_location="cpu"))  # fmt: skip
+    model = mlflow.pytorch.load_model(artifacts["model"], map_location="cpu")  # only torch models get one
     source = card.get("registered_model") or card["name"]
     trained = TrainedModel(card, model, source, card.get("registered_model"), card.get("version"))
     return Predictor(trained, Path(tempfile.gettempdir()))
