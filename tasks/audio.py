@@ -57,11 +57,17 @@ def encode_flac(samples: np.ndarray, sample_rate: int) -> FlacBlob:
     return FlacBlob(buf.getvalue(), sample_rate, channels, samples.shape[0])
 
 
-def _ffmpeg(path: Path, out: Path, codec: list[str]) -> bytes:
+# Demuxers a file from outside may use: audio containers only, so no playlist (hls, concat) makes ffmpeg read
+# other files or URLs.
+AUDIO_DEMUXERS = "wav,flac,mp3,mov,mp4,m4a,3gp,3g2,mj2,ogg,matroska,webm,aac,aiff,caf,w64,asf"
+
+
+def _ffmpeg(path: Path, out: Path, codec: list[str], demuxers: str | None = None) -> bytes:
     """Decode the first audio stream of `path` into `out` (a real file, not a pipe: ffmpeg seeks back to write
     the length into the header) with `codec`; its bytes, or AudioError naming the file."""
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", *codec, "-fflags", "+bitexact",
-           str(out)]  # fmt: skip
+    allowed = ["-format_whitelist", demuxers] if demuxers else []
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", *allowed, "-i", str(path), "-map", "0:a:0", *codec,
+           "-fflags", "+bitexact", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, check=False)
     err = proc.stderr.decode(errors="replace").strip()
     if proc.returncode != 0 or not out.exists() or out.stat().st_size == 0:
@@ -118,7 +124,7 @@ def read_pcm(path: Path, max_seconds: float = math.inf) -> tuple[np.ndarray, int
             with tempfile.TemporaryDirectory(prefix="pcm-") as tmp:
                 # Decoding stops a second past the limit, so an endless stream never fills the memory.
                 limit = [] if math.isinf(max_seconds) else ["-t", f"{max_seconds + 1:g}"]
-                wav = _ffmpeg(path, Path(tmp) / "audio.wav", [*limit, "-c:a", "pcm_s16le"])
+                wav = _ffmpeg(path, Path(tmp) / "audio.wav", [*limit, "-c:a", "pcm_s16le"], AUDIO_DEMUXERS)
                 pcm, rate = sf.read(io.BytesIO(wav), dtype="int16", always_2d=True)
             check_length(path, len(pcm), rate, max_seconds, cut=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import subprocess
@@ -113,6 +114,11 @@ def test_served_rows_are_named_and_paths_are_off_unless_allowed(tmp_path: Path,
     name, load_row = pyfunc.source_of({"audio_base64": payload, "filename": "../../x.m3u8"}, 1, tmp_path)
     assert name == "../../x.m3u8" and load_row()[1] == RATE
     assert list(tmp_path.iterdir()) == [wav]  # the decoded upload is gone
+    # A playlist is refused whatever it is called: it would make ffmpeg read other files.
+    playlist = f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:2,\nfile://{wav}\n#EXT-X-ENDLIST\n".encode()
+    name, load_row = pyfunc.source_of({"audio_base64": base64.b64encode(playlist).decode()}, 2, tmp_path)
+    with pytest.raises(AudioError, match=r"ffmpeg could not decode input-2: .*Format not on whitelist"):
+        load_row()
 
 
 def test_in_order_keeps_the_order_whatever_finishes_first() -> None:
