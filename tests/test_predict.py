@@ -8,12 +8,15 @@ files are named and the batch goes on; the served model answers offline as the C
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,7 @@ from devtools.workspace import airflow, airflow_env, free_port, prepare_airflow,
 from tasks.cli import run_stage
 from tasks.evaluate.model import load_dvc_model, predict
 from tasks.features.slices import slice_starts
+from tasks.predict.cli import main as predict_main
 from tasks.train.data import read_partition
 
 from .conftest import shared
@@ -66,7 +70,23 @@ def tone(path: Path, seconds: float, rate: int = RATE, level: float = 0.3, freq:
     return path
 
 
-def cli(ws: Path, *args: str) -> subprocess.CompletedProcess[str]:
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(ws: Path, *args: str) -> Run:
+    """`python -m tasks predict ARGS` in the workspace, in this process (torch and MLflow are imported once for the
+    module); test_cli_inputs_are_the_features_stages_number_for_number runs the real command line."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = predict_main([*args, "--root", str(ws)])
+    return Run(code, out.getvalue(), err.getvalue())
+
+
+def cli_process(ws: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     return subprocess.run([sys.executable, "-m", "tasks", "predict", *args], cwd=ws, env=env, capture_output=True,
                           text=True, timeout=600, check=False)  # fmt: skip
@@ -80,7 +100,7 @@ def test_cli_inputs_are_the_features_stages_number_for_number(workspace: Path, t
     """Every RAVDESS clip of the raw store through the CLI: the same slices and the same probabilities as the
     model gives on the features stage's own rows of that clip."""
     out = tmp_path / "ravdess.json"
-    proc = cli(workspace, "raw:ravdess", "--model", "models/cnn_ravdess", "--out", str(out))
+    proc = cli_process(workspace, "raw:ravdess", "--model", "models/cnn_ravdess", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = predictions(out)
     model = load_dvc_model(workspace / "models" / "cnn_ravdess")
