@@ -92,9 +92,7 @@ def evaluate_model(cfg: EvaluateConfig, root: Path, model: TrainedModel, name: s
     outcomes = []
     for test in tests:
         prob, row_clip = predict(model, test.data, device)
-        # as in training: a slice votes by its share of real audio (whole-clip models: one vote per clip)
-        per_slice = weighting == "real_share" and len(prob) == len(test.data.real_share)
-        weights = np.maximum(test.data.real_share, 1e-3) if per_slice else np.ones(len(prob))
+        weights = voting.row_weights(weighting, test.data.real_share, len(prob))
         outcomes.append(score(test, prob, row_clip, weights, model.classes, cfg.threshold, cfg.curve_step,
                               cfg.bootstrap.resamples, cfg.bootstrap.seed))  # fmt: skip
         m = outcomes[-1].metrics

@@ -36,6 +36,14 @@ class Tally:
         return self.rows == 0
 
 
+def row_weights(weighting: str, real_share: np.ndarray, n_rows: int) -> np.ndarray:
+    """Each row's vote, as in training: a slice by its share of real audio under `real_share` weighting; rows of a
+    whole-clip model (n_rows differs from the slices') one vote each."""
+    if weighting == "real_share" and n_rows == len(real_share):
+        return np.maximum(real_share, 1e-3)
+    return np.ones(n_rows)
+
+
 def tally(prob: np.ndarray, row_clip: np.ndarray, weights: np.ndarray, n_clips: int) -> Tally:
     n_classes = prob.shape[1]
     votes = np.zeros((n_clips, n_classes))

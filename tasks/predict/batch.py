@@ -38,18 +38,12 @@ def part_path(folder: Path, chunk: int) -> Path:
 
 
 def resolve_model(cfg: PredictConfig, root: Path, ref: str) -> str:
-    """The reference with an alias replaced by the version it names now. Loading the model and its recipe here
-    fails clearly on a model that does not resolve or lacks feature settings, before any chunk runs."""
-    import torch
+    """The reference with an alias replaced by the version it names now. Making the predictor here fails clearly
+    on a model that does not resolve or lacks feature settings, before any chunk runs."""
+    from tasks.evaluate.model import parse_model_uri
+    from tasks.predict.cli import make_predictor
 
-    from tasks.evaluate.model import load_trained_model, parse_model_uri
-    from tasks.predict.recipe import recipe_for
-    from tasks.train import tracking
-
-    if ref.startswith(("models:/", "runs:/")):
-        tracking.connect(cfg.tracking_uri)
-    model = load_trained_model(ref, root)
-    recipe_for(model.card, model.source, root, cfg.min_seconds, torch.device("cpu"))
+    model = make_predictor(cfg.model_copy(update={"model": ref, "device": "cpu"}), root).model
     if ref.startswith("models:/"):
         return f"models:/{parse_model_uri(ref)[0]}/{model.version}"
     return ref

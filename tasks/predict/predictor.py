@@ -134,8 +134,7 @@ class Predictor:
         with torch.inference_mode():
             prob, row_clip = predict(self.model, data, self.device)
         per_row = len(prob) == len(data.real_share)
-        weights = (np.maximum(data.real_share, 1e-3) if per_row and self.weighting == "real_share"
-                   else np.ones(len(prob)))  # fmt: skip
+        weights = voting.row_weights(self.weighting, data.real_share, len(prob))
         tally = voting.tally(prob, row_clip, weights, len(rows))
         decided = voting.decide(tally, rule, threshold)
         # The share of the weighted slice votes the mood won (a soft vote's mood may not be the majority label);
